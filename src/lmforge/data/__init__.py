@@ -1,0 +1,1 @@
+"""Data: sources, cleaning, deduplication, shards, and the datasets the trainer reads."""

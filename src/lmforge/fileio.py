@@ -1,0 +1,107 @@
+"""Atomic, validated persistence: every file lmforge writes goes through here.
+
+A write goes to a temporary file in the same directory, is fsync'ed, then renamed over the target, so
+a crash leaves either the old file or the new one, never half of one. Reads validate and raise
+`FormatError` naming the file. Deliberately no pickle anywhere: tensors go to safetensors, the rest to
+JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from lmforge.errors import FormatError
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary sibling of `path` for writing; on success fsync and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
+    """Read a JSON file, turning every way it can be broken into a `FormatError` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(path, f"{what} not found")
+    if path.is_dir():
+        raise FormatError(path, f"expected a {what}, found a directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(path, f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise FormatError(path, f"cannot read {what}: {e.strerror}") from None
+    if not text.strip():
+        raise FormatError(path, f"{what} is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(
+            path, f"{what} is corrupt or truncated (invalid JSON at line {e.lineno}, column {e.colno})"
+        ) from None
+
+
+def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a dict of torch tensors to a .safetensors file."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_safetensors(path: str | Path, *, what: str = "tensor file") -> dict:
+    """Load a .safetensors file; a missing, truncated or corrupt file raises `FormatError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(path, f"{what} not found")
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise FormatError(path, f"{what} is corrupt or truncated ({e})") from None

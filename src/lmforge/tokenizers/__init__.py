@@ -1,0 +1,1 @@
+"""Tokenizers: byte-level BPE (trained or imported), character-level, and their file formats."""

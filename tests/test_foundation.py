@@ -1,0 +1,85 @@
+"""The package's shared pieces: atomic file I/O, built-in corpora, the CLI's error handling."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.data.builtin import builtin_documents, markdown_play_to_text, stdlib_paths
+from lmforge.errors import DataError, FormatError
+from lmforge.fileio import atomic_open, atomic_write_json, read_json
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "state.json"
+    atomic_write_json(path, {"step": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as f:
+            f.write('{"step": 2')  # half-written...
+            raise RuntimeError("crash mid-write")
+    assert read_json(path) == {"step": 1}
+    assert os.listdir(tmp_path) == ["state.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [(None, "not found"), ("", "empty"), ('{"a": [1, 2', "corrupt or truncated"), (b"\xff\xfe{}", "UTF-8")],
+)
+def test_read_json_names_file_and_problem(tmp_path, content, problem):
+    path = tmp_path / "tokenizer.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(FormatError) as info:
+        read_json(path, what="tokenizer file")
+    assert str(path) in str(info.value) and problem in str(info.value)
+
+
+def test_markdown_play_to_text():
+    md = "# The Play\n\n## ACT I\n\n_Enter AEGEON_\n\n**AEGEON**  \nProceed, Solinus,  \nto procure my fall\n"
+    assert markdown_play_to_text(md) == (
+        "The Play\n\nACT I\n\nEnter AEGEON\n\nAEGEON\nProceed, Solinus,\nto procure my fall\n"
+    )
+
+
+def test_shakespeare_has_38_plays_of_plain_text(shakespeare_text):
+    docs = list(builtin_documents("shakespeare"))
+    assert len(docs) == 38
+    assert any(d.name == "shakespeare/hamlet" for d in docs)
+    assert "To be, or not to be" in shakespeare_text
+    assert "**" not in shakespeare_text and "\n#" not in shakespeare_text
+    assert 4_500_000 < len(shakespeare_text) < 6_000_000
+
+
+def test_stdlib_corpus_excludes_site_packages():
+    paths = stdlib_paths()
+    assert len(paths) > 500
+    assert not any("site-packages" in p.parts for p in paths)
+    assert any(p.name == "json" or p.parent.name == "json" for p in paths)
+
+
+def test_unknown_builtin_is_clear():
+    with pytest.raises(DataError, match="shakespeare"):
+        builtin_documents("nope")
+
+
+def test_cli_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_cli_user_error_is_one_line(tmp_path, capsys, monkeypatch):
+    from lmforge.cli import demo
+
+    def broken(args):
+        raise FormatError(tmp_path / "x.json", "corrupt")
+
+    monkeypatch.setattr(demo, "run", broken)  # register() runs inside main(), so it picks this up
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.json: corrupt" in err and "Traceback" not in err
