@@ -42,9 +42,13 @@ def shakespeare_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "plays"
 
 
-_HEADING = re.compile(r"^#+\s*")
-_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
-_EMPHASIS = re.compile(r"^_(.+)_$")
+# Applied to the whole play at once (MULTILINE), which is several times faster than line by line.
+_MARKDOWN_RULES = [
+    (re.compile(r"[ \t]+$", re.MULTILINE), ""),  # trailing spaces, including Markdown's "  " line breaks
+    (re.compile(r"^#+[ \t]*", re.MULTILINE), ""),  # headings
+    (re.compile(r"^\*\*(.+?)\*\*$", re.MULTILINE), r"\1"),  # speaker names
+    (re.compile(r"^_(.+)_$", re.MULTILINE), r"\1"),  # stage directions
+]
 
 
 def markdown_play_to_text(markdown: str) -> str:
@@ -53,14 +57,10 @@ def markdown_play_to_text(markdown: str) -> str:
     Example: "**AEGEON**  \\nProceed, Solinus  " -> "AEGEON\\nProceed, Solinus". Headings lose their '#',
     speaker names lose '**', stage directions lose '_', and Markdown's two-space line breaks go.
     """
-    lines = []
-    for line in markdown.splitlines():
-        line = line.rstrip()
-        line = _HEADING.sub("", line)
-        line = _SPEAKER.sub(r"\1", line)
-        line = _EMPHASIS.sub(r"\1", line)
-        lines.append(line.replace("\\", ""))
-    return "\n".join(lines).strip() + "\n"
+    text = markdown.replace("\r\n", "\n").replace("\\", "")
+    for pattern, replacement in _MARKDOWN_RULES:
+        text = pattern.sub(replacement, text)
+    return text.strip() + "\n"
 
 
 def shakespeare_documents() -> Iterator[Document]:
