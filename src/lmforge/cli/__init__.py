@@ -18,6 +18,8 @@ from lmforge.errors import LmforgeError
 # Each module defines `register(subparsers)`, adding its parsers with `set_defaults(func=handler)`.
 COMMAND_MODULES: tuple[str, ...] = (
     "demo",
+    "model",
+    "convert",
     "tokenizer",
     "data",
     "scratch",

@@ -1,0 +1,434 @@
+"""GPT: a decoder-only transformer language model, its config, presets, cost estimates and checkpoints.
+
+Read top to bottom: `GPTConfig` (every option, validated) -> `Block` -> `GPT` (embeddings + positions
+-> blocks -> final norm -> LM head) -> checkpoint I/O. Defaults are GPT-2's choices (learned positions,
+LayerNorm before each sub-layer, tanh-GELU MLP, biases, tied embeddings, N(0, 0.02) init with residual
+projections scaled by 1/sqrt(2 * n_layer)), so `GPTConfig.preset("gpt2")` matches Hugging Face's GPT-2
+weight for weight (`convert.py` maps the names).
+
+Deliberately not here: sampling/generation (`lmforge.inference`), the training loop, parallelism,
+`torch.compile`, LoRA and quantization (all applied from outside), HF weight conversion (`convert.py`).
+
+KV cache API (used by `lmforge.inference`):
+
+    cache = model.new_kv_cache(batch_size, max_length=None, left_padding=None)
+        Preallocates keys/values for every layer, (n_layer, B, n_kv_head, max_length, head_dim), in the
+        model's parameter dtype and device. max_length defaults to (and may not exceed) block_size.
+        left_padding: per-row count of pad slots when prompts of different lengths are LEFT-padded to
+        one length (e.g. [2, 0] for prompts of 3 and 5 tokens padded to 5); pad ids may be any valid id.
+        `cache.reset(left_padding=...)` reuses the memory for a new batch.
+    logits, _ = model(prompt_ids, kv_cache=cache, last_only=True)      # prefill: (B, P) -> (B, 1, V)
+    logits, _ = model(next_ids[:, None], kv_cache=cache)                # decode one step: (B, 1) -> (B, 1, V)
+        Each call writes the new keys/values in place at slots [cache.length, cache.length + T), attends
+        over the filled prefix only, then advances `cache.length` by T. Positions come from the cache:
+        slot s of row b has position s - left_padding[b], for learned, sinusoidal and rotary encodings
+        alike, so every row of a padded batch gives the logits it would give alone. Chunked prefill
+        (several calls with T > 1) works too. Writing past max_length raises ConfigError.
+    Without `kv_cache` the forward is the ordinary full-sequence causal pass used in training.
+
+References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT (structure); Kaplan et al. 2020 and
+Chowdhery et al. 2022, appendix B (6N + attention FLOPs per token); Korthikanti et al. 2022 (activation
+memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError, FormatError
+from lmforge.fileio import atomic_write_json, load_safetensors, read_json, save_safetensors
+from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, rope_tables, sinusoidal_table
+
+CHECKPOINT_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+
+
+@dataclass
+class GPTConfig:
+    """Every architectural choice of a GPT; the defaults reproduce GPT-2 (124M)."""
+
+    vocab_size: int = 50257  # number of token ids (GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>)
+    block_size: int = 1024  # context length: the longest sequence the model can see
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # query heads per attention layer; head_dim = n_embd // n_head
+    n_embd: int = 768  # width of the residual stream
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None means n_head (MHA)
+    n_inner: int | None = None  # MLP hidden width; None: 4 * n_embd (swiglu: 8/3 * n_embd rounded up to 64)
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches (training only)
+    bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: yes; many newer models: no)
+    pos_encoding: str = "learned"  # "learned" (GPT-2) | "sinusoidal" (fixed, added) | "rope" (rotary)
+    rope_theta: float = 10000.0  # base of the rotary frequencies (only for pos_encoding="rope")
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5  # epsilon inside the norms (GPT-2: 1e-5)
+    norm_placement: str = "pre"  # "pre": x + f(norm(x)) and a final norm (GPT-2); "post": norm(x + f(x))
+    mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) | "swiglu" | "relu2" (squared ReLU)
+    tie_embeddings: bool = True  # LM head shares the token-embedding matrix (GPT-2: yes)
+    init_std: float = 0.02  # std of the normal init; residual output projections get init_std/sqrt(2*n_layer)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if not isinstance(self.n_kv_head, int) or self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"GPTConfig.n_kv_head ({self.n_kv_head!r}) must be a positive divisor of "
+                f"n_head ({self.n_head})"
+            )
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
+            raise ConfigError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        choices = {
+            "pos_encoding": ("learned", "sinusoidal", "rope"),
+            "norm": ("layernorm", "rmsnorm"),
+            "norm_placement": ("pre", "post"),
+            "mlp": ("gelu", "swiglu", "relu2"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"GPTConfig.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
+            raise ConfigError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
+            raise ConfigError("GPTConfig.rope_theta, norm_eps and init_std must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP hidden width actually used (see `n_inner`)."""
+        if self.n_inner is not None:
+            return self.n_inner
+        if self.mlp == "swiglu":  # 2/3 of 4x keeps the parameter count of a 4x two-matrix MLP
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Build from `to_dict()` output; unknown keys are an error naming them."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown GPTConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named size (see `PRESETS`) with any field overridden, e.g. preset("tiny", vocab_size=65)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+# Named sizes. The GPT-2 ones are OpenAI's; the small ones are meant for CPUs (the trainer sets vocab_size
+# from the tokenizer). "cpu-small" is the Shakespeare-char benchmark shape, "cpu-medium" the throughput one.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=256),
+    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=256),
+    "cpu-medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=4096),
+}
+
+
+class Block(nn.Module):
+    """One transformer block: attention then MLP, each a residual branch with a norm before or after."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.pre_norm = config.norm_placement == "pre"
+        norm = dict(bias=config.bias, eps=config.norm_eps)
+        self.ln_1 = make_norm(config.norm, config.n_embd, **norm)
+        self.attn = CausalSelfAttention(
+            n_embd=config.n_embd,
+            n_head=config.n_head,
+            n_kv_head=config.n_kv_head,
+            bias=config.bias,
+            dropout=config.dropout,
+            layer=layer,
+        )
+        self.ln_2 = make_norm(config.norm, config.n_embd, **norm)
+        self.mlp = MLP(
+            n_embd=config.n_embd,
+            hidden=config.mlp_hidden,
+            activation=config.mlp,
+            bias=config.bias,
+            dropout=config.dropout,
+        )
+
+    def forward(self, x: torch.Tensor, **attention_inputs: Any) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x), **attention_inputs)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, **attention_inputs))
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer LM. `model(idx, targets)` -> (logits (B, T, V), mean cross-entropy | None)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config, layer) for layer in range(config.n_layer)),
+                # post-norm blocks already end in a norm, so only pre-norm needs a final one
+                ln_f=make_norm(config.norm, config.n_embd, bias=config.bias, eps=config.norm_eps)
+                if config.norm_placement == "pre"
+                else nn.Identity(),
+            )
+        )
+        if config.pos_encoding == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos_encoding == "sinusoidal":  # fixed tables are buffers, not saved in checkpoints
+            table = sinusoidal_table(config.block_size, config.n_embd)  # (block_size, C)
+            self.register_buffer("pos_table", table, persistent=False)
+        else:
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std) for matrices and embeddings, zero biases, unit norm gains, and the
+        residual output projections scaled by 1/sqrt(2 * n_layer) so the residual stream's variance does
+        not grow with depth."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        # an untied head was initialised above as a Linear; a tied one is wte, initialised as an Embedding
+
+    # --- forward -----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with last_only) and the mean cross-entropy
+        against targets (B, T) with ignore_index=-100 (None without targets). See the module docstring
+        for `kv_cache`."""
+        B, T = idx.shape
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise ConfigError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+            positions: torch.Tensor | slice = slice(0, T)
+            mask = None
+        else:
+            positions = kv_cache.positions(T)  # a slice, or (B, T) for left-padded rows
+            mask = kv_cache.attention_mask(T)
+
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_encoding == "learned":
+            x = x + self.transformer.wpe.weight[positions]  # (T, C) broadcast, or (B, T, C)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[positions]
+        else:
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (T, hd/2) or (B, T, hd/2)
+            if cos.dim() == 3:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2) to broadcast over heads
+            rope = (cos, sin)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope=rope, kv_cache=kv_cache, mask=mask)
+        if kv_cache is not None:
+            kv_cache.length += T
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # fp32 loss whatever the weight dtype: bf16 log-softmax over 50k entries loses digits
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        *,
+        max_length: int | None = None,
+        left_padding: Sequence[int] | torch.Tensor | None = None,
+    ) -> KVCache:
+        """Preallocate a KV cache for `batch_size` rows of up to `max_length` (default block_size) slots."""
+        max_length = self.config.block_size if max_length is None else max_length
+        if not 1 <= max_length <= self.config.block_size:
+            raise ConfigError(f"KV cache max_length must be in [1, block_size={self.config.block_size}]")
+        weight = self.lm_head.weight
+        return KVCache(
+            n_layer=self.config.n_layer,
+            batch_size=batch_size,
+            n_kv_head=self.config.n_kv_head,
+            head_dim=self.config.head_dim,
+            max_length=max_length,
+            dtype=weight.dtype,
+            device=weight.device,
+            left_padding=left_padding,
+        )
+
+    # --- sizes and costs ----------------------------------------------------------------------------
+
+    def num_params(self, *, exclude_embeddings: bool = False) -> int:
+        """Number of distinct parameters (a tied head counts once). With exclude_embeddings, the token
+        and learned position tables are left out (the head stays if untied)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, *, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward + backward) per token: 6 N + 12 n_layer n_embd T.
+
+        N counts the parameters used in matmuls: all but the embedding tables, plus the LM head (which
+        is a matmul even when tied). Per layer and token, attention scores q.k and the weighted sum of
+        values cost 2 * T * n_embd multiply-adds each forward = 4 T n_embd FLOPs, times 3 for forward +
+        backward = 12 T n_embd (PaLM, appendix B; causal masking is not subtracted, as there).
+        Example (gpt2, T=1024): N = 85.0M + 38.6M = 123.6M -> 741.7M + 12*12*768*1024 = 113.2M -> 855M.
+        """
+        c = self.config
+        seq_len = c.block_size if seq_len is None else seq_len
+        matmul_params = self.num_params(exclude_embeddings=True)
+        if c.tie_embeddings:
+            matmul_params += self.lm_head.weight.numel()
+        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+
+    def training_memory_bytes(
+        self, *, batch_size: int, seq_len: int | None = None, bf16_autocast: bool = False
+    ) -> dict[str, int]:
+        """Estimate the memory of one AdamW training step, in bytes, by part.
+
+        fp32 weights, gradients and AdamW's two moments are 4 + 4 + 8 = 16 bytes per parameter. Saved
+        activations follow Korthikanti et al. 2022 with flash-style attention (no T x T scores kept):
+        about 34 bytes per token per layer per channel in 16-bit, doubled for fp32, plus the logits and
+        their gradient (2 x V floats per token). An estimate (allocator slack and temporaries excluded).
+        """
+        seq_len = self.config.block_size if seq_len is None else seq_len
+        n = self.num_params()
+        tokens = batch_size * seq_len
+        activation_bytes = 34 if bf16_autocast else 68
+        activations = tokens * self.config.n_layer * self.config.n_embd * activation_bytes
+        activations += tokens * self.config.vocab_size * 4 * 2
+        parts = {"weights": 4 * n, "gradients": 4 * n, "optimizer": 8 * n, "activations": activations}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str | Path, *, meta: dict[str, Any] | None = None) -> None:
+        """Write `model.safetensors` and `meta.json` (format version, "model": "gpt", config, **meta)
+        atomically. A tied LM head is stored once (as the token embedding)."""
+        directory = Path(directory)
+        tensors = dict(self.state_dict())
+        if self.config.tie_embeddings:
+            del tensors["lm_head.weight"]  # safetensors refuses shared storage; rebuilt by tying on load
+        save_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+        extra = dict(meta or {})
+        clash = {"format_version", "model", "config"} & set(extra)
+        if clash:
+            raise ConfigError(f"checkpoint meta may not override {', '.join(sorted(clash))}")
+        record = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": "gpt"}
+        record["config"] = self.config.to_dict()
+        atomic_write_json(directory / META_FILE, record | extra)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> GPT:
+        """Rebuild a model from `save_checkpoint` output; any missing, corrupt, truncated or mismatched
+        file raises FormatError naming it. The model takes the dtype the weights were saved in."""
+        directory = Path(directory)
+        meta = checkpoint_meta(directory)
+        try:
+            config = GPTConfig.from_dict(meta["config"])
+        except (ConfigError, TypeError) as e:
+            raise FormatError(directory / META_FILE, f"invalid model config: {e}") from None
+        weights_path = directory / WEIGHTS_FILE
+        tensors = load_safetensors(weights_path, what="model weights")
+        model = cls(config)
+        expected = model.state_dict()
+        if config.tie_embeddings:
+            del expected["lm_head.weight"]
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise FormatError(
+                weights_path,
+                f"weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
+            )
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape:
+                raise FormatError(
+                    weights_path,
+                    f"{name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}",
+                )
+            if not torch.isfinite(tensor).all():
+                raise FormatError(weights_path, f"{name} contains NaN or infinite values")
+        dtypes = {t.dtype for t in tensors.values()}
+        if len(dtypes) == 1:
+            model.to(dtype=dtypes.pop())
+        model.load_state_dict(tensors, strict=False)  # strict=False only for the tied head, checked above
+        return model.to(map_location)
+
+
+def checkpoint_meta(directory: str | Path) -> dict[str, Any]:
+    """Read and validate a model checkpoint's `meta.json` (FormatError naming the file if anything is off)."""
+    path = Path(directory) / META_FILE
+    if not Path(directory).is_dir():
+        raise FormatError(directory, "checkpoint directory not found")
+    meta = read_json(path, what="checkpoint meta")
+    if not isinstance(meta, dict):
+        raise FormatError(path, "checkpoint meta must be a JSON object")
+    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise FormatError(
+            path,
+            f"unsupported checkpoint format_version {meta.get('format_version')!r} "
+            f"(this lmforge reads {CHECKPOINT_FORMAT_VERSION})",
+        )
+    if meta.get("model") != "gpt":
+        raise FormatError(path, f"not a GPT checkpoint (model = {meta.get('model')!r})")
+    if not isinstance(meta.get("config"), dict):
+        raise FormatError(path, "missing the model 'config' object")
+    return meta

@@ -1,0 +1,237 @@
+"""Building blocks of decoder-only transformers: attention with a KV cache, MLPs, norms, positions.
+
+What is here: `CausalSelfAttention` (fused q/k/v projection, grouped-query attention, rotary
+embeddings, `F.scaled_dot_product_attention`), `KVCache` (preallocated keys/values of every layer for
+one-token-at-a-time decoding, with left padding for batches of prompts of different lengths), `MLP`
+(gelu / swiglu / relu2), `make_norm` (LayerNorm / RMSNorm) and the position tables (`sinusoidal_table`,
+`rope_tables`, `apply_rope`).
+
+Deliberately not here: the model itself (`gpt.py`), sampling and the generation loop
+(`lmforge.inference`), parallelism, compilation or quantization (applied from outside).
+
+References: Vaswani et al. 2017 (sinusoidal positions); Su et al. 2021, RoFormer (rotary embeddings,
+here in the "rotate half" layout of GPT-NeoX/Llama); Ainslie et al. 2023, GQA; Shazeer 2020, GLU
+variants (SwiGLU); So et al. 2021, Primer (squared ReLU); Zhang & Sennrich 2019 (RMSNorm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------
+# Positions
+
+
+def sinusoidal_table(length: int, n_embd: int) -> torch.Tensor:
+    """The fixed (length, n_embd) table of Vaswani et al.: sin on even channels, cos on odd ones.
+
+    Example (n_embd=2): row p is [sin(p), cos(p)], so row 0 is [0, 1].
+    """
+    position = torch.arange(length, dtype=torch.float64)[:, None]  # (length, 1)
+    inv_freq = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float64) * (-math.log(10000.0) / n_embd))
+    table = torch.zeros(length, n_embd, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)[:, : n_embd // 2]
+    return table.float()
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (length, head_dim // 2): angle[p, i] = p * theta^(-2i/hd)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq  # (length, hd/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hd/2) of x (B, nh, T, hd) by the angles of their positions.
+
+    cos/sin are (T, hd/2) when every row has the same positions, or (B, 1, T, hd/2) per row.
+    """
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, filled left to right during generation.
+
+    `k` and `v` are (n_layer, B, n_kv_head, max_length, head_dim). `length` slots are filled; a forward
+    pass with T new tokens writes slots [length, length + T) in place and attends over the filled
+    prefix only, then `GPT.forward` advances `length` by T.
+
+    Batches of prompts of different lengths are LEFT-padded to a common length; `left_padding[b]` is
+    the number of pad slots at the start of row b. Those slots are never attended to by real tokens, and
+    the position of slot s in row b is s - left_padding[b], so every row behaves exactly as if it had
+    been run alone. The pad token ids themselves are irrelevant (any valid id).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        head_dim: int,
+        max_length: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        left_padding: Sequence[int] | torch.Tensor | None = None,
+    ):
+        shape = (n_layer, batch_size, n_kv_head, max_length, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_length = max_length
+        self.length = 0
+        self.left_padding: torch.Tensor | None = None  # (B,) int64, or None when no row is padded
+        self.reset(left_padding=left_padding)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.size(1)
+
+    def reset(self, *, left_padding: Sequence[int] | torch.Tensor | None = None) -> None:
+        """Empty the cache (keeping its memory) for a new batch with the given left padding."""
+        self.length = 0
+        if left_padding is None:
+            self.left_padding = None
+            return
+        pad = torch.as_tensor(left_padding, dtype=torch.long, device=self.k.device).reshape(-1)
+        if pad.numel() != self.batch_size:
+            raise ConfigError(f"left_padding has {pad.numel()} entries for a batch of {self.batch_size}")
+        if bool((pad < 0).any()) or int(pad.max()) >= self.max_length:
+            raise ConfigError(f"left_padding must be in [0, {self.max_length}), got {pad.tolist()}")
+        self.left_padding = pad if bool(pad.any()) else None
+
+    def positions(self, T: int) -> slice | torch.Tensor:
+        """Positions of the next T slots: a slice when all rows share them (indexing a position table
+        with it is a view, no gather), else a (B, T) tensor of per-row positions.
+
+        Pad slots get position 0 (their outputs are never used, the value only has to be valid).
+        """
+        if self.length + T > self.max_length:
+            raise ConfigError(
+                f"KV cache overflow: {self.length} filled + {T} new tokens > max_length {self.max_length}"
+            )
+        if self.left_padding is None:
+            return slice(self.length, self.length + T)
+        slots = torch.arange(self.length, self.length + T, device=self.k.device)
+        return (slots[None, :] - self.left_padding[:, None]).clamp(min=0)
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """Boolean mask (B or 1, 1, T, length + T) for the next T queries; None when plain causal works.
+
+        Query slot q may see key slot s iff s <= q and s is not padding. A pad query also sees itself,
+        so that no softmax row is empty (an all-masked row would give NaN, and NaN times a zero weight
+        is still NaN in the next layer).
+        """
+        if self.left_padding is None and (T == 1 or self.length == 0):
+            return None  # one new token sees everything; or a fresh prefill: use is_causal
+        q_slots = torch.arange(self.length, self.length + T, device=self.k.device)[:, None]  # (T, 1)
+        k_slots = torch.arange(self.length + T, device=self.k.device)[None, :]  # (1, S)
+        mask = k_slots <= q_slots  # (T, S)
+        if self.left_padding is not None:
+            real_key = k_slots[None] >= self.left_padding[:, None, None]  # (B, 1, S)
+            mask = (mask[None] & real_key) | (k_slots == q_slots)[None]  # (B, T, S)
+            return mask[:, None]  # (B, 1, T, S)
+        return mask[None, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv_head, T, hd) of `layer` at the next T slots; return views of the filled
+        prefix (B, n_kv_head, length + T, hd). `length` itself is advanced by the model after all layers."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with grouped-query attention (n_kv_head divides n_head)."""
+
+    def __init__(self, *, n_embd: int, n_head: int, n_kv_head: int, bias: bool, dropout: float, layer: int):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.layer = layer  # index into the KV cache
+        # q, k, v in one matmul: n_head query heads then n_kv_head key and value heads (GPT-2 layout for MHA)
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, S, hd) with S = filled + T
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T > 1 and k.size(2) == T,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+# ---------------------------------------------------------------------------------------------------
+# MLP and norms
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: gelu (GPT-2, tanh approximation), swiglu or relu2 (squared ReLU)."""
+
+    def __init__(self, *, n_embd: int, hidden: int, activation: str, bias: bool, dropout: float):
+        super().__init__()
+        self.activation = activation
+        # swiglu: gate and value projections fused in one matmul of width 2 * hidden
+        self.c_fc = nn.Linear(n_embd, hidden * (2 if activation == "swiglu" else 1), bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
+        if self.activation == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        elif self.activation == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:  # relu2
+            h = F.relu(h).square()
+        return self.dropout(self.c_proj(h))
+
+
+def make_norm(kind: str, n_embd: int, *, bias: bool, eps: float) -> nn.Module:
+    """LayerNorm (with or without bias) or RMSNorm (never has a bias)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(n_embd, eps=eps, bias=bias)
+    return nn.RMSNorm(n_embd, eps=eps)
