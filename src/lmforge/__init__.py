@@ -11,7 +11,16 @@ import random
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "seed_everything"]
+__all__ = ["__version__", "generate", "seed_everything"]
+
+
+def __getattr__(name: str):
+    """`lmforge.generate` (lmforge.inference.text), imported on first use so `import lmforge` stays cheap."""
+    if name == "generate":
+        from lmforge.inference.text import generate
+
+        return generate
+    raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
 
 
 def seed_everything(seed: int) -> None:
