@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokenizer",
     "data",
     "scratch",
+    "train",
     "generate",
 )
 

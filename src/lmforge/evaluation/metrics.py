@@ -1,0 +1,95 @@
+"""Language-model metrics: mean loss over a split, perplexity, bits-per-byte, next-token accuracy.
+
+- Perplexity is exp(mean loss in nats per token): the effective number of equally likely choices.
+- Bits-per-byte divides the total loss by the number of UTF-8 bytes the tokens stand for, not the number
+  of tokens, so models with different tokenizers are comparable: bpb = loss * tokens / (bytes * ln 2).
+  The token and byte counts of a split come from the dataset's meta.json.
+- `evaluate_lm` averages over *target tokens* (targets of -100 are skipped), not over batches, so a
+  padded last batch counts exactly as much as it should.
+
+This module imports nothing else from lmforge, so the trainer can use it without a dependency cycle.
+Deliberately not here: downstream tasks (evaluation/tasks/), sampling.
+References: Gao et al. 2020, "The Pile" (bits per byte); Hugging Face, "Perplexity of fixed-length models".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss); loss in nats per token. Example: loss ln(65) = 4.174 -> perplexity 65."""
+    return math.exp(min(loss, 700.0))  # exp(709) overflows a float; an exploded loss reports ~1e304
+
+
+def bits_per_byte(loss: float, *, tokens: int, num_bytes: int) -> float:
+    """Bits per UTF-8 byte from a mean loss in nats per token.
+
+    Example: loss 1.0 nat/token, 100 tokens for 400 bytes -> 100 nats / 400 bytes / ln 2 = 0.3607 bits/byte.
+    """
+    if tokens <= 0 or num_bytes <= 0:
+        raise ValueError(f"tokens and num_bytes must be positive, got {tokens} and {num_bytes}")
+    return loss * tokens / (num_bytes * math.log(2))
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of target positions (not -100) where the argmax of logits (..., V) equals the target."""
+    mask = targets != IGNORE_INDEX
+    if not mask.any():
+        return float("nan")
+    return (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    max_batches: int = 0,
+    device: str | torch.device = "cpu",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    bytes_per_token: float | None = None,
+) -> dict[str, float]:
+    """Token-weighted mean loss, perplexity, accuracy and (given bytes_per_token) bpb of `model`.
+
+    `model(x, y)` must return `(logits, mean loss over non-ignored targets)`, like `lmforge.models.GPT`.
+    `max_batches=0` uses every batch. The model is put in eval mode and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, total_correct, total_tokens = 0.0, 0, 0
+    try:
+        for i, (x, y) in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            with autocast():
+                logits, loss = model(x, y)
+            n = int((y != IGNORE_INDEX).sum())
+            if n == 0:
+                continue
+            total_loss += float(loss) * n  # mean over this batch's targets -> sum
+            total_tokens += n
+            mask = y != IGNORE_INDEX
+            total_correct += int((logits.argmax(-1)[mask] == y[mask]).sum())
+    finally:
+        model.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("evaluate_lm: the batches contain no target tokens")
+    loss = total_loss / total_tokens
+    metrics = {
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "accuracy": total_correct / total_tokens,
+        "tokens": float(total_tokens),
+    }
+    if bytes_per_token is not None:
+        metrics["bpb"] = loss / (bytes_per_token * math.log(2))
+    return metrics

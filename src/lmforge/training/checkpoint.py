@@ -1,0 +1,277 @@
+"""Checkpoints: atomic save, validated load, keep-last-K plus best, and the RNG state that makes resume exact.
+
+A checkpoint is a directory (see the contract in DESIGN.md):
+
+    step_00000500/
+      model.safetensors, meta.json   written by the model's `save_checkpoint` (meta carries the tokenizer)
+      optimizer.safetensors          every tensor of `optimizer.state_dict()["state"]` as "state.<idx>.<name>"
+      trainer_state.json             step, RNG states, data position, best val loss, metrics so far, and
+                                     the optimizer's param_groups / non-tensor state
+
+Atomicity: everything is written into a hidden temporary sibling directory, which is renamed into
+place only once complete. A crash while saving leaves the previous checkpoints untouched (and at worst
+a `.tmp` directory that the next save removes). Every file is validated on load and a broken one
+raises `FormatError` naming it. Tensors are checked for NaN/inf before anything is written, so a
+checkpoint never holds non-finite values.
+
+Deliberately not here: sharded (FSDP) checkpoints; this writes from rank 0 with full tensors.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.errors import FormatError, LmforgeError
+from lmforge.fileio import _fsync_dir, atomic_write_json, load_safetensors, read_json, save_safetensors
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class NonFiniteError(LmforgeError):
+    """A tensor about to be saved holds NaN or inf."""
+
+
+# ---------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global RNGs as JSON-serialisable values."""
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode("ascii") for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
+
+
+def _bytes_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+# ---------------------------------------------------------------- optimizer state
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and the JSON rest."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, per_param in sd["state"].items():
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value
+            elif value is not None:  # SGD's momentum_buffer is None before the first step
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in rest["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"refusing to write a checkpoint: {what} '{name}' holds NaN or inf")
+
+
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint to `ckpt_dir` atomically (replacing an existing one) and return it.
+
+    `model` must have `save_checkpoint(dir, *, meta=...)` (lmforge's GPT); `meta` (e.g. the tokenizer's
+    `to_dict()`) goes into its meta.json. `trainer_state` must be JSON-serialisable.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    _check_finite(dict(model.state_dict()), "model tensor")
+    optim_tensors, optim_rest = _optimizer_to_files(optimizer) if optimizer is not None else ({}, None)
+    _check_finite(optim_tensors, "optimizer tensor")
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir.parent / f".{ckpt_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_checkpoint(tmp, meta=meta or {})
+        if optimizer is not None:
+            save_safetensors(tmp / "optimizer.safetensors", optim_tensors)
+        state = {"format_version": FORMAT_VERSION, **trainer_state, "optimizer": optim_rest}
+        atomic_write_json(tmp / "trainer_state.json", state, indent=None)
+        _replace_dir(tmp, ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ckpt_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an existing `target` is moved aside first and deleted afterwards."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(new, target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Read and check `trainer_state.json` of a checkpoint directory."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise FormatError(ckpt_dir, "checkpoint directory not found")
+    path = ckpt_dir / "trainer_state.json"
+    state = read_json(path, what="trainer state")
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise FormatError(path, f"not a trainer state of format_version {FORMAT_VERSION}")
+    for key in ("step", "rng", "batches"):
+        if key not in state:
+            raise FormatError(path, f"missing '{key}'")
+    return state
+
+
+def load_model(ckpt_dir: str | Path) -> nn.Module:
+    """The model stored in a checkpoint directory (any checkpoint: a training one or an exported one)."""
+    from lmforge.models import GPT
+
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise FormatError(ckpt_dir, "checkpoint directory not found")
+    return GPT.from_checkpoint(ckpt_dir)
+
+
+def load_checkpoint(
+    ckpt_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    """Load weights into `model` and state into `optimizer`; return the trainer state.
+
+    Every file is read and validated before `model` or `optimizer` is touched, so a broken checkpoint
+    raises `FormatError` (naming the file) and leaves them unchanged.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    state = load_trainer_state(ckpt_dir)
+    weights = load_model(ckpt_dir).state_dict()
+    optim_sd = None
+    if optimizer is not None:
+        path = ckpt_dir / "optimizer.safetensors"
+        tensors = load_safetensors(path, what="optimizer state")
+        if not isinstance(state.get("optimizer"), dict):
+            raise FormatError(ckpt_dir / "trainer_state.json", "missing the optimizer's param_groups")
+        optim_sd = _optimizer_from_files(tensors, state["optimizer"])
+        if len(optim_sd["param_groups"]) != len(optimizer.param_groups):
+            raise FormatError(path, "optimizer state does not match this optimizer (different param groups)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise FormatError(ckpt_dir / "model.safetensors", f"weights do not fit this model ({e})") from None
+    if optim_sd is not None:
+        optimizer.load_state_dict(optim_sd)
+    return state
+
+
+# ---------------------------------------------------------------- a run's checkpoints
+
+
+class CheckpointManager:
+    """The checkpoints of one run: `step_XXXXXXXX/` (the last `keep_last` kept) and `best/`."""
+
+    def __init__(self, directory: str | Path, *, keep_last: int = 2):
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    def step_dirs(self) -> list[Path]:
+        """Complete step checkpoints, oldest first (temporary and moved-aside directories are skipped)."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _STEP_DIR.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        dirs = self.step_dirs()
+        return dirs[-1] if dirs else None
+
+    @property
+    def best(self) -> Path:
+        return self.directory / "best"
+
+    def save(self, step: int, *, is_best: bool, **kwargs: Any) -> Path:
+        """Save `step_<step>/` (kwargs as for `save_checkpoint`), refresh `best/` and prune old steps."""
+        self._remove_leftovers()
+        path = save_checkpoint(self.directory / f"step_{step:08d}", **kwargs)
+        if is_best:
+            self._copy_to_best(path)
+        for old in self.step_dirs()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _copy_to_best(self, source: Path) -> None:
+        tmp = self.directory / f".best.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            for f in source.iterdir():
+                try:
+                    os.link(f, tmp / f.name)  # hard links: no copy of the bytes; files are never modified
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+            _replace_dir(tmp, self.best)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _remove_leftovers(self) -> None:
+        """Delete `.tmp`/`.old` directories left by a crash during an earlier save."""
+        if self.directory.is_dir():
+            for p in self.directory.iterdir():
+                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+                    shutil.rmtree(p, ignore_errors=True)
+
+    def describe_fallback(self, broken: Path) -> str:
+        """A hint naming the newest intact-looking checkpoint older than `broken`, for error messages."""
+        older = [p for p in self.step_dirs() if p.name < broken.name]
+        if not older:
+            return ""
+        return f"; the previous checkpoint is {older[-1]} (resume from it with --resume {older[-1]})"

@@ -1,0 +1,315 @@
+"""Run configuration: typed sections (model / data / optim / train) read from TOML, with overrides.
+
+`load_config(path, overrides=["optim.lr=3e-4", ...])` reads a preset from `configs/`, applies
+`section.key=value` overrides (the value is parsed as a TOML value, falling back to a plain string, so
+`train.max_iters=100`, `optim.schedule=linear` and `model.bias=false` all work), and validates every
+field. `to_toml(config)` writes the resolved config back, so every run directory holds the exact
+settings that produced it. TOML is read with the standard library's `tomllib`; the writer below is
+deliberately tiny: it handles only what these sections contain (str, int, float, bool, flat tables).
+
+The `[model]` section is not a copy of `GPTConfig`: it names an optional `preset` and passes every
+other key to `GPTConfig.preset(preset, **keys)`, so the model file stays the one place that defines
+(and validates) model options. `vocab_size` defaults to the dataset tokenizer's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError, FormatError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check(condition: bool, section: str, name: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"config: {section}.{name}={value!r} is invalid; {rule}")
+
+
+@dataclass
+class ModelSection:
+    # name of a GPTConfig preset to start from (see `lmforge model info`); "" starts from GPTConfig()
+    preset: str = ""
+    # every other key of [model] (n_layer, n_head, n_embd, block_size, dropout, ...) -> GPTConfig field
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.preset, str), "model", "preset", self.preset, "use a preset name")
+        for key, value in self.options.items():
+            _check(
+                isinstance(value, (str, int, float, bool)) or value is None,
+                "model",
+                key,
+                value,
+                "model options are plain values",
+            )
+
+    def build(self, *, vocab_size: int | None = None) -> Any:
+        """The `GPTConfig` this section describes; `vocab_size` fills in when the section has none."""
+        from lmforge.models import GPTConfig
+
+        options = dict(self.options)
+        if vocab_size is not None:
+            options.setdefault("vocab_size", vocab_size)
+        if self.preset:
+            return GPTConfig.preset(self.preset, **options)
+        return GPTConfig.from_dict(options)
+
+
+@dataclass
+class DataSection:
+    # prepared dataset dir (train.bin, val.bin, meta.json from `lmforge data prepare`), relative to the cwd
+    dir: str = ""
+    # split used for periodic evaluation and early stopping
+    eval_split: str = "val"
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.dir, str) and bool(self.dir),
+            "data",
+            "dir",
+            self.dir,
+            "set it to a directory prepared by 'lmforge data prepare'",
+        )
+        _check(
+            self.eval_split in ("val", "test"), "data", "eval_split", self.eval_split, "use 'val' or 'test'"
+        )
+
+
+@dataclass
+class OptimSection:
+    # "adamw" (decoupled weight decay, param groups) or "sgd" (with momentum)
+    name: str = "adamw"
+    # peak learning rate, reached at the end of warmup
+    lr: float = 6e-4
+    # learning rate at the end of the decay (cosine / linear); ignored by "constant"
+    min_lr: float = 6e-5
+    # "cosine" | "linear" decay from lr to min_lr over decay_iters, or "constant" after warmup
+    schedule: str = "cosine"
+    # linear warmup from lr/warmup_iters to lr over this many steps; 0 disables warmup
+    warmup_iters: int = 100
+    # step at which the decay reaches min_lr; 0 means train.max_iters
+    decay_iters: int = 0
+    # decoupled weight decay (AdamW) or L2 (SGD), applied only to matrices (see optim.param_groups)
+    weight_decay: float = 0.1
+    # also decay embedding tables (GPT-2 did; most recipes since do not)
+    decay_embeddings: bool = False
+    # AdamW moment decay rates
+    beta1: float = 0.9
+    beta2: float = 0.95
+    # AdamW denominator epsilon
+    eps: float = 1e-8
+    # SGD momentum
+    momentum: float = 0.9
+    # clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        s = "optim"
+        _check(self.name in OPTIMIZERS, s, "name", self.name, f"choose one of {OPTIMIZERS}")
+        _check(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"choose one of {SCHEDULES}")
+        _check(_pos(self.lr), s, "lr", self.lr, "use a positive number")
+        _check(
+            _nonneg(self.min_lr) and self.min_lr <= self.lr, s, "min_lr", self.min_lr, "use 0 <= min_lr <= lr"
+        )
+        _check(_int(self.warmup_iters, 0), s, "warmup_iters", self.warmup_iters, "use an integer >= 0")
+        _check(_int(self.decay_iters, 0), s, "decay_iters", self.decay_iters, "use an integer >= 0")
+        _check(_nonneg(self.weight_decay), s, "weight_decay", self.weight_decay, "use a number >= 0")
+        _check(
+            isinstance(self.decay_embeddings, bool),
+            s,
+            "decay_embeddings",
+            self.decay_embeddings,
+            "true/false",
+        )
+        for name in ("beta1", "beta2", "momentum"):
+            value = getattr(self, name)
+            _check(_nonneg(value) and value < 1, s, name, value, "use a number in [0, 1)")
+        _check(_pos(self.eps), s, "eps", self.eps, "use a positive number")
+        _check(_nonneg(self.grad_clip), s, "grad_clip", self.grad_clip, "use a number >= 0 (0 = no clipping)")
+
+
+@dataclass
+class TrainSection:
+    # run directory: config.toml, metrics.csv, events/, plots/, checkpoints/
+    out_dir: str = "runs/default"
+    # optimizer steps to run (each step sees batch_size * grad_accum_steps sequences)
+    max_iters: int = 1000
+    # sequences per micro-batch (per rank)
+    batch_size: int = 12
+    # micro-batches whose gradients are summed into one optimizer step
+    grad_accum_steps: int = 1
+    # evaluate (and checkpoint) every this many steps, and after the last step; 0 = only at the end
+    eval_interval: int = 250
+    # batches of the eval split per evaluation; 0 scores the whole split
+    eval_batches: int = 20
+    # print / write a metrics row every this many steps
+    log_interval: int = 10
+    # step checkpoints to keep (oldest deleted first); the best checkpoint is kept separately
+    keep_last: int = 2
+    # write checkpoints at all (off for benchmarks)
+    checkpoint: bool = True
+    # stop after this many evaluations without a lower eval loss; 0 disables early stopping
+    early_stopping_patience: int = 0
+    # stop after this many consecutive steps with a non-finite loss or gradient (each one is skipped)
+    max_nonfinite_steps: int = 5
+    # "auto" = bf16 autocast where the device has fast bf16 matmuls (CUDA with bf16, AVX-512-BF16/AMX
+    # CPUs), else fp32; "bf16" forces autocast; "fp32" disables it. Weights and optimizer stay fp32.
+    precision: str = "auto"
+    # wrap the model in torch.compile (slow first steps; often faster afterwards)
+    compile: bool = False
+    # "auto" = cuda when available, else cpu; or an explicit torch device string
+    device: str = "auto"
+    # seed of python/numpy/torch RNGs and of the batch order
+    seed: int = 1337
+    # matmul peak of this machine in TFLOP/s for the MFU estimate; 0 = measure it at start (~1 s)
+    peak_tflops: float = 0.0
+    # write TensorBoard events into out_dir/events
+    tensorboard: bool = True
+    # show a tqdm progress bar
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _check(isinstance(self.out_dir, str) and bool(self.out_dir), s, "out_dir", self.out_dir, "use a path")
+        for name, low in (
+            ("max_iters", 1),
+            ("batch_size", 1),
+            ("grad_accum_steps", 1),
+            ("eval_interval", 0),
+            ("eval_batches", 0),
+            ("log_interval", 1),
+            ("keep_last", 1),
+            ("early_stopping_patience", 0),
+            ("max_nonfinite_steps", 1),
+        ):
+            value = getattr(self, name)
+            _check(_int(value, low), s, name, value, f"use an integer >= {low}")
+        _check(self.precision in PRECISIONS, s, "precision", self.precision, f"choose one of {PRECISIONS}")
+        _check(
+            _nonneg(self.peak_tflops), s, "peak_tflops", self.peak_tflops, "use a number >= 0 (0 = measure)"
+        )
+        _check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool), s, "seed", self.seed, "an integer"
+        )
+        for name in ("compile", "checkpoint", "tensorboard", "progress"):
+            _check(isinstance(getattr(self, name), bool), s, name, getattr(self, name), "use true or false")
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=lambda: DataSection(dir="data/default"))
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+def _int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _nonneg(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _pos(value: Any) -> bool:
+    return _nonneg(value) and value > 0
+
+
+_SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "train": TrainSection}
+
+
+def _parse_value(text: str) -> Any:
+    """'3e-4' -> 0.0003, 'true' -> True, '"x"' -> 'x', 'cosine' -> 'cosine' (bare words are strings)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Build and validate a `Config` from nested dicts (parsed TOML); unknown keys are errors."""
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        values = dict(raw.get(name, {}))
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        if cls is ModelSection:
+            preset = values.pop("preset", "")
+            sections[name] = ModelSection(preset=preset, options=values)
+            continue
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {name}.{key}; known keys: {', '.join(known)}")
+            if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                values[key] = float(value)  # `lr = 1` in TOML is an int; accept it for float fields
+        sections[name] = cls(**values)
+    return Config(**sections)
+
+
+def load_config(path: str | Path | None, *, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config (defaults when `path` is None) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FormatError(path, "config file not found")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(path, f"not valid TOML ({e})") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: use section.key=value, e.g. --set optim.lr=3e-4")
+        raw.setdefault(section, {})[name] = _parse_value(value.strip())
+    return config_from_dict(raw, source=str(path) if path is not None else "config")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # repr round-trips floats exactly ('0.0003', '1e-08')
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dicts, the inverse of `config_from_dict` (the model's options are flattened back)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        section = getattr(config, name)
+        if name == "model":
+            out[name] = ({"preset": section.preset} if section.preset else {}) | dict(section.options)
+        else:
+            out[name] = dataclasses.asdict(section)
+    return out
+
+
+def to_toml(config: Config) -> str:
+    """The config as TOML text that `load_config` reads back to an equal `Config`."""
+    lines = ["# resolved lmforge config: every setting of this run, defaults included"]
+    for name, values in to_dict(config).items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+    return "\n".join(lines) + "\n"

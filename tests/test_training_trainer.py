@@ -1,0 +1,318 @@
+"""The training loop: gradient accumulation, resume, checkpoints, non-finite steps, early stopping, CLI.
+
+Everything runs a 2-layer, 32-wide GPT on a small character-level Shakespeare dataset for a few steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.errors import FormatError
+from lmforge.models import GPT, GPTConfig
+from lmforge.training.checkpoint import CheckpointManager, NonFiniteError, load_checkpoint, save_checkpoint
+from lmforge.training.config import load_config
+from lmforge.training.optim import build_optimizer
+from lmforge.training.trainer import Trainer, TrainingDiverged, accumulate_gradients, train_from_config
+
+TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16"]
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare_sample: str) -> Path:
+    """12 documents of ~16 kB, char-level, 3 of them in val (prepared by the data pipeline)."""
+    from lmforge.data.dedup import DedupConfig
+    from lmforge.data.prepare import prepare
+    from lmforge.tokenizers import CharTokenizer
+
+    root = tmp_path_factory.mktemp("data")
+    text = shakespeare_sample[:192_000]
+    docs = [text[i : i + 16_000] for i in range(0, len(text), 16_000)]
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare(
+        [str(root / "docs.jsonl")],
+        tokenizer=CharTokenizer.train(docs),
+        out=root / "char",
+        dedup=DedupConfig(mode="none"),
+        val=0.25,
+        verbose=False,
+    )
+    return root / "char"
+
+
+def _config(dataset_dir: Path, out_dir: Path, *extra: str):
+    return load_config(
+        None,
+        overrides=[
+            *TINY_MODEL,
+            f"data.dir={dataset_dir}",
+            f"train.out_dir={out_dir}",
+            "train.batch_size=4",
+            "train.max_iters=6",
+            "train.eval_interval=3",
+            "train.eval_batches=2",
+            "train.log_interval=1",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "train.peak_tflops=1",
+            "train.precision=fp32",
+            "optim.warmup_iters=2",
+            "optim.decay_iters=6",
+            "optim.lr=3e-3",
+            *extra,
+        ],
+    )
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv without the timing columns, which differ from run to run."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [
+            {k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "elapsed_s")}
+            for r in csv.DictReader(f)
+        ]
+
+
+def test_grad_accumulation_equals_one_big_batch() -> None:
+    """Micro-batches of 3 and 1 rows with different masks (11 and 2 scored targets) must give the gradient
+    of the single 4-row batch: each micro-batch weighted by its share of target tokens, 11/13 and 2/13
+    (dividing by k = 2 instead would weight the short one 3.25x too much and this test would fail)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    twin = copy.deepcopy(model)
+    x = torch.randint(0, 50, (4, 8))
+    y = torch.randint(0, 50, (4, 8))
+    y[0, :4] = -100  # rows 0-2 keep 4 + 3 + 4 = 11 targets; row 3 keeps 2
+    y[1, :5] = -100
+    y[2, 4:] = -100
+    y[3, 2:] = -100
+    accumulated = accumulate_gradients(model, [(x[:3], y[:3]), (x[3:], y[3:])])
+    _, loss = twin(x, y)
+    loss.backward()
+    assert accumulated == pytest.approx(loss.item(), rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_resume_equals_uninterrupted(dataset_dir: Path, tmp_path: Path) -> None:
+    """6 steps in one go vs 3 steps, stop, resume to 6 (dropout on, so the RNG state matters too):
+    the same metrics rows, the same final weights and optimizer state."""
+    dropout = "model.dropout=0.1"
+    whole = train_from_config(_config(dataset_dir, tmp_path / "a", dropout, "train.tensorboard=true"))
+    assert whole.step == 6
+    train_from_config(_config(dataset_dir, tmp_path / "b", dropout, "train.max_iters=3"))
+    resumed = train_from_config(_config(dataset_dir, tmp_path / "b", dropout), resume=True)
+    assert resumed.step == 6
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    assert len(_rows(tmp_path / "a")) == 6 + 2  # a train row per step and two evaluations
+    final_a = tmp_path / "a/checkpoints/step_00000006"
+    final_b = tmp_path / "b/checkpoints/step_00000006"
+    model_a = GPT.from_checkpoint(final_a)
+    model_b = GPT.from_checkpoint(final_b)
+    for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    from lmforge.fileio import load_safetensors
+
+    opt_a = load_safetensors(final_a / "optimizer.safetensors")
+    opt_b = load_safetensors(final_b / "optimizer.safetensors")
+    assert opt_a.keys() == opt_b.keys() and len(opt_a) > 0
+    for key in opt_a:
+        torch.testing.assert_close(opt_a[key], opt_b[key], msg=key)
+
+    # the run dir is observable and reproducible
+    run = tmp_path / "a"
+    for name in ("loss", "lr", "grad_norm"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 1000
+    assert any((run / "events").iterdir())
+    assert load_config(run / "config.toml") == _config(
+        dataset_dir,
+        run,
+        dropout,
+        "train.tensorboard=true",
+        f"model.vocab_size={GPT.from_checkpoint(final_a).config.vocab_size}",
+    )
+    val = [r for r in _rows(run) if r["split"] == "val"]
+    assert {"loss", "ppl", "bpb"} <= {k for k, v in val[0].items() if v}
+    # char-level data: one token is about one byte, so bpb ~ loss / ln 2 and ppl = exp(loss)
+    loss = float(val[-1]["loss"])
+    assert float(val[-1]["ppl"]) == pytest.approx(math.exp(loss), rel=1e-4)
+    assert float(val[-1]["bpb"]) == pytest.approx(loss / math.log(2), rel=0.05)
+    # keep_last=2 and best: step 3 and 6 kept, best/ holds the lower of the two evals
+    kept = [p.name for p in CheckpointManager(run / "checkpoints").step_dirs()]
+    assert kept == ["step_00000003", "step_00000006"]
+    assert (run / "checkpoints/best/model.safetensors").is_file()
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_survives(dataset_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train_from_config(_config(dataset_dir, run))
+    ckpts = run / "checkpoints"
+    weights = ckpts / "step_00000006/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(FormatError, match=r"step_00000006/model\.safetensors.*step_00000003"):
+        train_from_config(_config(dataset_dir, run, "train.max_iters=9"), resume=True)
+    # the previous checkpoint loads, and resuming from it works
+    model = GPT.from_checkpoint(ckpts / "step_00000003")
+    assert load_checkpoint(ckpts / "step_00000003", model=model)["step"] == 3
+    state = ckpts / "step_00000003/trainer_state.json"
+    state.write_text(state.read_text()[:-20])
+    with pytest.raises(FormatError, match=r"trainer_state\.json.*corrupt or truncated"):
+        load_checkpoint(ckpts / "step_00000003", model=model)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    optimizer = build_optimizer(model, load_config(None, overrides=["data.dir=x"]).optim)
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    state = {"step": 1, "rng": {}, "batches": {}}
+    manager.save(1, is_best=True, model=model, optimizer=optimizer, trainer_state=state)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("lmforge.training.checkpoint.save_safetensors", crash)
+    with pytest.raises(OSError, match="disk full"):
+        manager.save(2, is_best=True, model=model, optimizer=optimizer, trainer_state=state | {"step": 2})
+    assert [p.name for p in manager.step_dirs()] == ["step_00000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step_00000001"]  # no temporary left
+    assert GPT.from_checkpoint(tmp_path / "step_00000001").num_params() == model.num_params()
+
+
+def test_never_writes_a_checkpoint_with_nan(tmp_path: Path) -> None:
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN"):
+        save_checkpoint(tmp_path / "ckpt", model=model, optimizer=None, trainer_state={})
+    assert list(tmp_path.iterdir()) == []
+
+
+class Poisoned(torch.nn.Module):
+    """Wraps a GPT; the loss of the forward calls numbered in `nan_calls` (0-based) becomes NaN."""
+
+    def __init__(self, model: GPT, nan_calls: set[int]):
+        super().__init__()
+        self.model, self.nan_calls, self.calls = model, nan_calls, 0
+
+    def forward(self, x, y):
+        logits, loss = self.model(x, y)
+        if self.calls in self.nan_calls:
+            loss = loss * float("nan")
+        self.calls += 1
+        return logits, loss
+
+
+def _trainer(dataset_dir: Path, tmp_path: Path, model: torch.nn.Module, *extra: str, evaluate=None):
+    from lmforge.data.datasets import RandomWindows
+    from lmforge.data.shards import open_split
+
+    config = _config(dataset_dir, tmp_path, "train.checkpoint=false", *extra)
+    batches = RandomWindows(open_split(dataset_dir, "train"), block_size=16, batch_size=4, seed=0)
+    optimizer = build_optimizer(model, config.optim)
+    return Trainer(model, optimizer, batches, optim=config.optim, train=config.train, evaluate=evaluate)
+
+
+def _gpt(dataset_dir: Path) -> GPT:
+    from lmforge.data.shards import load_meta
+
+    torch.manual_seed(0)
+    return GPT(
+        GPTConfig(
+            vocab_size=load_meta(dataset_dir)["vocab_size"], block_size=16, n_layer=1, n_head=2, n_embd=16
+        )
+    )
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(dataset_dir: Path, tmp_path: Path) -> None:
+    gpt = _gpt(dataset_dir)
+    poisoned = Poisoned(gpt, nan_calls={2})
+    trainer = _trainer(dataset_dir, tmp_path / "a", poisoned, "train.max_iters=4", "train.eval_interval=0")
+    weights_after = []
+    original_step = trainer.optimizer.step
+
+    def record_step(*args, **kwargs):
+        original_step(*args, **kwargs)
+        weights_after.append(gpt.lm_head.weight.detach().clone())
+
+    trainer.optimizer.step = record_step
+    result = trainer.fit()
+    assert result.step == 4 and result.skipped_steps == 1
+    assert len(weights_after) == 3  # step index 2 made no update
+    assert all(torch.isfinite(p).all() for p in gpt.parameters())
+    skipped_column = [r["skipped"] for r in _rows(tmp_path / "a") if r["split"] == "train"]
+    assert skipped_column == ["0.0", "0.0", "1.0", "1.0"]
+
+    always_nan = Poisoned(_gpt(dataset_dir), nan_calls=set(range(1, 100)))
+    trainer = _trainer(dataset_dir, tmp_path / "b", always_nan, "train.max_nonfinite_steps=3")
+    with pytest.raises(TrainingDiverged, match="3 steps in a row had a non-finite loss"):
+        trainer.fit()
+    assert trainer.step == 4  # one good step, then three skipped
+
+
+def test_early_stopping_with_patience(dataset_dir: Path, tmp_path: Path) -> None:
+    """Eval losses 3.0, 2.0, 2.5, 2.6 with patience 2: two evaluations without beating 2.0 -> stop after
+    the 4th evaluation (step 4 with eval_interval 1), best 2.0."""
+    losses = iter([3.0, 2.0, 2.5, 2.6, 1.0, 1.0])
+    trainer = _trainer(
+        dataset_dir,
+        tmp_path,
+        _gpt(dataset_dir),
+        "train.eval_interval=1",
+        "train.early_stopping_patience=2",
+        "train.max_iters=10",
+        evaluate=lambda model: {"loss": next(losses)},
+    )
+    result = trainer.fit()
+    assert (result.stopped, result.step, result.best_eval_loss) == ("early_stopping", 4, 2.0)
+
+
+def test_cli_train_eval_sample(dataset_dir: Path, tmp_path: Path, capsys) -> None:
+    from lmforge.cli import main
+
+    run = tmp_path / "cli"
+    args = [
+        "train",
+        *[x for s in TINY_MODEL for x in ("--set", s)],
+        "--set",
+        f"data.dir={dataset_dir}",
+        "--set",
+        f"train.out_dir={run}",
+        "--set",
+        "train.max_iters=2",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "train.tensorboard=false",
+        "--set",
+        "train.peak_tflops=1",
+        "--set",
+        "train.eval_batches=1",
+    ]
+    assert main(args) == 0
+    assert "done: 2 steps" in capsys.readouterr().out
+    assert main(["eval", "--ckpt", str(run / "checkpoints/best"), "--max-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "val: loss" in out and "bits/byte" in out
+    assert (
+        main(
+            [
+                "sample",
+                "--ckpt",
+                str(run / "checkpoints/best"),
+                "--max-new-tokens",
+                "20",
+                "--prompt",
+                "ROMEO:",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert main(["train", "--set", "optim.lr=-1", "--set", "data.dir=x"]) == 2
+    assert "optim.lr=-1.0 is invalid" in capsys.readouterr().err
