@@ -1,7 +1,12 @@
-"""`lmforge demo`: the main job on built-in data (what `make demo` runs).
+"""`lmforge demo`: the whole path on built-in data, in a few minutes on a laptop CPU (what `make demo` runs).
 
-For now: train a byte-level BPE tokenizer on the built-in Shakespeare corpus (all plays but one),
-save it, and print its statistics measured on the held-out play.
+1. train a byte-level BPE tokenizer on Shakespeare (one play held out) and print its statistics;
+2. prepare the plays into deduplicated, split, tokenized shards;
+3. train a small GPT on them for a few minutes;
+4. print samples from the best checkpoint, and where the metrics and plots are.
+
+Every step calls the same library function as its own command (`tokenizer train`, `data prepare`, `train`,
+`generate`), so the demo doubles as a map of the pipeline. It deliberately has no options beyond sizes.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the built-in demo on the Shakespeare corpus",
-        description="Train a BPE tokenizer on the built-in Shakespeare corpus (one play held out), save it "
-        "under --out and print its statistics.",
+        help="run the whole pipeline on the built-in Shakespeare corpus (a few minutes on a CPU)",
+        description="Train a BPE tokenizer on the built-in Shakespeare corpus, prepare shards, train a small "
+        "GPT for a few minutes, and print samples. Outputs go under --out.",
     )
     p.add_argument("--out", default="runs/demo", help="directory for the demo's outputs (default: runs/demo)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size (default 4096)")
+    p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary size (default 2048)")
+    p.add_argument("--iters", type=int, default=600, help="training steps (default 600: ~3 minutes here)")
     p.set_defaults(func=run)
 
 
@@ -28,23 +34,62 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.cli.tokenizer import describe
     from lmforge.data.builtin import builtin_documents
+    from lmforge.data.prepare import prepare
+    from lmforge.inference.text import generate
     from lmforge.tokenizers import BPETokenizer
+    from lmforge.training import config_from_dict, train_from_config
 
+    out = Path(args.out)
+
+    print("== 1. tokenizer ==")
     documents = list(builtin_documents("shakespeare"))
-    train, held_out = documents[:-1], documents[-1]
-    n_chars = sum(len(d.text) for d in train)
-    print(
-        f"shakespeare: training on {len(train)} plays ({n_chars:,} characters), holding out {held_out.name}"
-    )
+    train_docs, held_out = documents[:-1], documents[-1]
+    n_chars = sum(len(d.text) for d in train_docs)
+    print(f"training on {len(train_docs)} plays ({n_chars:,} characters), holding out {held_out.name}")
     start = time.perf_counter()
-    tokenizer = BPETokenizer.train((d.text for d in train), vocab_size=args.vocab_size, pattern="gpt4")
+    tokenizer = BPETokenizer.train((d.text for d in train_docs), vocab_size=args.vocab_size, pattern="gpt4")
     seconds = time.perf_counter() - start
-    path = Path(args.out) / "tokenizer.json"
-    tokenizer.save(path)
+    tokenizer.save(out / "tokenizer.json")
     print(
         f"trained {len(tokenizer.merges):,} merges in {seconds:.2f} s "
-        f"({len(tokenizer.merges) / seconds:,.0f} merges/s, pre-tokenization included); saved {path}"
+        f"({len(tokenizer.merges) / seconds:,.0f} merges/s); saved {out / 'tokenizer.json'}"
     )
-    print(f"held-out play {held_out.name}:")
-    print(describe(tokenizer, held_out.text, top=10, color=sys.stdout.isatty()))
+    print(describe(tokenizer, held_out.text, top=5, color=sys.stdout.isatty()))
+
+    print("\n== 2. data ==")
+    prepare(["shakespeare"], tokenizer=tokenizer, out=out / "data", val=0.05, overwrite=True, command="demo")
+
+    print("\n== 3. training ==")
+    config = config_from_dict(
+        {
+            "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0},
+            "data": {"dir": str(out / "data")},
+            "optim": {"lr": 2e-3, "min_lr": 2e-4, "warmup_iters": 50, "decay_iters": args.iters},
+            "train": {
+                "out_dir": str(out / "train"),
+                "max_iters": args.iters,
+                "batch_size": 16,
+                "eval_interval": max(args.iters // 4, 1),
+                "eval_batches": 20,
+                "log_interval": 25,
+            },
+        },
+        source="lmforge demo",
+    )
+    result = train_from_config(config)
+    metrics = result.last_eval or {}
+    print(
+        f"trained {result.step} steps: val loss {metrics.get('loss', float('nan')):.3f}, "
+        f"perplexity {metrics.get('perplexity', float('nan')):.1f}, "
+        f"bits/byte {metrics.get('bpb', float('nan')):.3f}"
+    )
+
+    print("\n== 4. samples ==")
+    checkpoint = result.run_dir / "checkpoints" / "best"  # lowest val loss (evaluated after the last step)
+    for prompt in ("ROMEO\n", "To be"):
+        text = generate(checkpoint, prompt, max_new_tokens=80, temperature=0.8, top_k=50, seed=0)
+        print(f"--- prompt {prompt!r}\n{prompt}{text}\n")
+    print(f"checkpoint: {checkpoint}")
+    print(f"metrics:    {result.run_dir / 'metrics.csv'} (TensorBoard: {result.run_dir / 'events'})")
+    print(f"plots:      {result.run_dir / 'plots'}")
     return 0
