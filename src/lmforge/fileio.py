@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +51,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Rename the finished directory `new` to `target`, the directory-level twin of `atomic_open`.
+
+    An existing `target` is first moved aside and deleted only after the rename, so at every moment either
+    the old directory or the complete new one stands at `target` (a reader never sees a half-written one).
+    """
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(new, target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
@@ -83,6 +102,19 @@ def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
         raise FormatError(
             path, f"{what} is corrupt or truncated (invalid JSON at line {e.lineno}, column {e.colno})"
         ) from None
+
+
+def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """Read a TOML file; a missing, non-UTF-8 or malformed file raises `FormatError` naming the file."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(path, f"{what} not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"{what} is not valid TOML ({e})") from None
 
 
 def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:

@@ -64,7 +64,7 @@ def _parse_value(text: str) -> Any:
 
 def _config_source(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], str]:
     """(preset or None, field overrides, a label for printing) from PRESET or --config."""
-    from lmforge.fileio import read_json
+    from lmforge.fileio import read_json, read_toml
 
     if (args.preset is None) == (args.config is None):
         raise ConfigError("give exactly one of PRESET or --config FILE")
@@ -74,16 +74,7 @@ def _config_source(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]
     if path.is_dir():
         path = path / "meta.json"
     if path.suffix == ".toml":
-        import tomllib
-
-        from lmforge.errors import FormatError
-
-        if not path.is_file():
-            raise FormatError(path, "config file not found")
-        try:
-            table = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise FormatError(path, f"invalid TOML ({e})") from None
+        table = read_toml(path)
         fields = dict(table.get("model", table))
     else:
         data = read_json(path, what="model config")

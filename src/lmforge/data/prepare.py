@@ -41,7 +41,7 @@ from lmforge.data.shards import (
 from lmforge.data.sources import OnBadRecord, SourceReader
 from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, split_key
 from lmforge.errors import ConfigError, DataError
-from lmforge.fileio import atomic_write_json, atomic_write_text
+from lmforge.fileio import atomic_write_json, atomic_write_text, replace_dir
 
 JOB_BYTES = 2_000_000  # text per encoding job: large enough to keep tiktoken's threads busy, small for RAM
 _LENGTH = struct.Struct("<Q")  # spool record header: byte length of the document that follows
@@ -121,7 +121,7 @@ def prepare(
         report = format_report(meta, seconds=time.perf_counter() - start)
         atomic_write_text(work / "report.txt", report)
         atomic_write_json(work / "meta.json", meta)  # last: a directory with meta.json is complete
-        _move_into_place(work, out)
+        replace_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -242,17 +242,6 @@ def _encode_spool(
     for name in SPLITS:
         counts[name]["tokens"] = writer.tokens.get(name, 0)
     return counts
-
-
-def _move_into_place(work: Path, out: Path) -> None:
-    """Rename the finished temporary directory to `out`, replacing an existing one only at the end."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(work, out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def format_report(meta: dict[str, Any], *, seconds: float | None = None) -> str:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import FormatError, LmforgeError
-from lmforge.fileio import _fsync_dir, atomic_write_json, load_safetensors, read_json, save_safetensors
+from lmforge.fileio import atomic_write_json, load_safetensors, read_json, replace_dir, save_safetensors
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -140,23 +140,11 @@ def save_checkpoint(
             save_safetensors(tmp / "optimizer.safetensors", optim_tensors)
         state = {"format_version": FORMAT_VERSION, **trainer_state, "optimizer": optim_rest}
         atomic_write_json(tmp / "trainer_state.json", state, indent=None)
-        _replace_dir(tmp, ckpt_dir)
+        replace_dir(tmp, ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ckpt_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an existing `target` is moved aside first and deleted afterwards."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(new, target)
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -257,7 +245,7 @@ class CheckpointManager:
                     os.link(f, tmp / f.name)  # hard links: no copy of the bytes; files are never modified
                 except OSError:
                     shutil.copy2(f, tmp / f.name)
-            _replace_dir(tmp, self.best)
+            replace_dir(tmp, self.best)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

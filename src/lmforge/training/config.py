@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import ConfigError, FormatError
+from lmforge.errors import ConfigError
+from lmforge.fileio import read_toml
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -264,23 +265,24 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
     return Config(**sections)
 
 
-def load_config(path: str | Path | None, *, overrides: Sequence[str] = ()) -> Config:
-    """Read a TOML config (defaults when `path` is None) and apply `section.key=value` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FormatError(path, "config file not found")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise FormatError(path, f"not valid TOML ({e})") from None
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as TOML, bare words as strings) to a raw config.
+
+    Example: ["optim.lr=3e-4", "train.precision=fp32"] -> raw["optim"]["lr"] = 0.0003, ...
+    """
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ConfigError(f"--set {item!r}: use section.key=value, e.g. --set optim.lr=3e-4")
         raw.setdefault(section, {})[name] = _parse_value(value.strip())
+    return raw
+
+
+def load_config(path: str | Path | None, *, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config (defaults when `path` is None) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = {} if path is None else read_toml(path)
+    apply_overrides(raw, overrides)
     return config_from_dict(raw, source=str(path) if path is not None else "config")
 
 
