@@ -1,7 +1,7 @@
 """`lmforge train`, `lmforge eval`, `lmforge sample`: pretraining, scoring and a quick look at a checkpoint.
 
-`sample` is a few lines of temperature / top-k sampling to see what a checkpoint writes; the generation
-engine (KV cache, streaming, batching) is `lmforge generate`.
+`sample` is a quick look at what a checkpoint writes: temperature and top-k through the inference engine,
+with a sliding context for long samples. `lmforge generate` exposes every option of that engine.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "sample",
         help="print a few samples from a checkpoint",
-        description="Sample text from a checkpoint with temperature and top-k (a simple sampler; "
-        "see 'lmforge generate' for the full engine).",
+        description="Sample text from a checkpoint with temperature and top-k (see 'lmforge generate' "
+        "for every sampling option, streaming and stop strings).",
     )
     s.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory")
     s.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
@@ -156,28 +156,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import torch
+    from lmforge.inference import Engine, SamplingParams
 
-    from lmforge.errors import ConfigError
-
-    if args.temperature <= 0 or args.top_k < 1 or args.max_new_tokens < 1 or args.num_samples < 1:
-        raise ConfigError("--temperature must be > 0 and --top-k, --max-new-tokens, --num-samples >= 1")
     model, tokenizer, _ = _load(args.ckpt)
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     start = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else []
     start = start or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
-    generator = torch.Generator().manual_seed(args.seed)
-    T = model.config.block_size
-    for i in range(args.num_samples):
-        idx = torch.tensor([start])  # (1, t)
-        with torch.no_grad():
-            for _ in range(args.max_new_tokens):
-                logits, _ = model(idx[:, -T:])  # recompute the window each time: simple, not fast
-                logits = logits[:, -1, :] / args.temperature  # (1, V)
-                kth = torch.topk(logits, min(args.top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
-                idx = torch.cat([idx, next_id], dim=1)
+    # "sliding": a sample longer than the context keeps going on its most recent tokens.
+    rows = Engine(model, context="sliding").generate(
+        [start], params, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples
+    )
+    for i, row in enumerate(rows):
         if i:
             print("---")
-        print(args.prompt + tokenizer.decode(idx[0, len(start) :].tolist()))
+        print(args.prompt + tokenizer.decode(row))
     return 0
