@@ -59,4 +59,4 @@ def test_streamed_output_is_text_before_first_stop(text, stop, chunk_sizes):
         out.append(stops.flush())
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     assert "".join(out) == (text[: min(cuts)] if cuts else text)
-    assert stopped == bool(cuts)
+    assert stops.stopped == bool(cuts)

@@ -69,18 +69,30 @@ class StopStrings:
         if self.stopped:
             return "", True
         pending = self._pending + text
-        hits = [i for i in (pending.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self.stopped, self._pending = True, ""
-            return pending[: min(hits)], True
+        hit = self._first_match(pending)
         hold = self._longest_partial_match(pending)
-        self._pending = pending[len(pending) - hold :]
-        return pending[: len(pending) - hold], False
+        partial_start = len(pending) - hold
+        # A partial match that starts before the hit may still grow into a stop string that starts
+        # earlier (stops "a" and "\naa", text "\na" so far): wait for more text before deciding.
+        if hit is not None and (hold == 0 or hit <= partial_start):
+            self.stopped, self._pending = True, ""
+            return pending[:hit], True
+        self._pending = pending[partial_start:]
+        return pending[:partial_start], False
 
     def flush(self) -> str:
-        """At the end of generation: the held-back text (it turned out not to be a stop string)."""
+        """At the end of generation: the held-back text, cut at a stop string if it holds one."""
         text, self._pending = self._pending, ""
+        hit = self._first_match(text)
+        if hit is not None:
+            self.stopped = True
+            return text[:hit]
         return text
+
+    def _first_match(self, text: str) -> int | None:
+        """Where the earliest-starting stop string begins in `text`, or None."""
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
 
     def _longest_partial_match(self, text: str) -> int:
         """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
