@@ -53,6 +53,20 @@ def test_train_encode_decode_inspect(tmp_path, capsys, monkeypatch, shakespeare_
     assert "vocab_size 300" in report and "bytes/token" in report and "HAMLET" in report.replace("|", "")
 
 
+def test_train_char_kind(tmp_path, capsys):
+    """A char tokenizer of "abca" has 3 character ids plus <|endoftext|>, and round-trips."""
+    (tmp_path / "a.txt").write_text("abca", encoding="utf-8")
+    out = tmp_path / "char.json"
+    argv = ["tokenizer", "train", "--kind", "char", "--input", str(tmp_path / "a.txt"), "--out", str(out)]
+    assert main(argv) == 0
+    assert "4 ids" in capsys.readouterr().out
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "cab"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert len(ids) == 3
+    assert main(["tokenizer", "decode", "--tokenizer", str(out), "--ids", " ".join(ids)]) == 0
+    assert capsys.readouterr().out == "cab"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -71,6 +85,7 @@ def test_train_encode_decode_inspect(tmp_path, capsys, monkeypatch, shakespeare_
             ["tokenizer", "train", "--input", "nowhere", "--vocab-size", "300", "--out", "t.json"],
             "no such file",
         ),
+        (["tokenizer", "train", "--builtin", "shakespeare", "--out", "t.json"], "--vocab-size is required"),
         (
             [
                 "tokenizer",

@@ -23,9 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser(
         "train",
-        help="train a byte-level BPE tokenizer",
-        description="Train a byte-level BPE tokenizer on files or a built-in corpus and save it as JSON.",
-        epilog="Example: lmforge tokenizer train --builtin shakespeare --vocab-size 4096 --out tok.json",
+        help="train a byte-level BPE (or character-level) tokenizer",
+        description="Train a byte-level BPE tokenizer (or, with --kind char, collect a character vocabulary) "
+        "on files or a built-in corpus and save it as JSON.",
+        epilog="Examples: lmforge tokenizer train --builtin shakespeare --vocab-size 4096 --out tok.json; "
+        "lmforge tokenizer train --kind char --builtin shakespeare --out char.json",
     )
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -33,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--builtin", choices=("shakespeare", "python-stdlib"), help="a built-in corpus")
     train.add_argument(
-        "--vocab-size", type=int, required=True, help="target vocabulary size, specials included"
+        "--kind", choices=("bpe", "char"), default="bpe", help="bpe (default) or char: one id per character"
+    )
+    train.add_argument(
+        "--vocab-size", type=int, help="target vocabulary size, specials included (required for bpe)"
     )
     train.add_argument("--pattern", default="gpt4", help="split pattern: gpt2, gpt4 or code (default: gpt4)")
     train.add_argument(
@@ -111,14 +116,22 @@ def _input_texts(paths: list[str]):
 def run_train(args: argparse.Namespace) -> int:
     import time
 
-    from lmforge.tokenizers import BPETokenizer
+    from lmforge.errors import ConfigError
+    from lmforge.tokenizers import BPETokenizer, CharTokenizer
 
+    if args.kind == "bpe" and args.vocab_size is None:
+        raise ConfigError("--vocab-size is required for a BPE tokenizer (e.g. --vocab-size 4096)")
     if args.builtin:
         from lmforge.data.builtin import builtin_documents
 
         texts = (doc.text for doc in builtin_documents(args.builtin))
     else:
         texts = _input_texts(args.input)
+    if args.kind == "char":
+        tokenizer = CharTokenizer.train(texts, special_tokens=tuple(args.special))
+        tokenizer.save(args.out)
+        print(f"{tokenizer.vocab_size} ids (characters + specials); wrote {args.out}")
+        return 0
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(
         texts,

@@ -69,7 +69,7 @@ _BATCH_CHARS = 4_000_000
 # Training
 
 
-def _read_text(item: str | Path) -> str:
+def read_training_text(item: str | Path) -> str:
     """A training item is text, or a Path to a UTF-8 file."""
     if isinstance(item, str):
         return item
@@ -103,7 +103,7 @@ def _batches(texts: Iterable[str | Path]) -> Iterator[list[str]]:
     batch: list[str] = []
     size = 0
     for item in texts:
-        text = _read_text(item)
+        text = read_training_text(item)
         batch.append(text)
         size += len(text)
         if size >= _BATCH_CHARS:

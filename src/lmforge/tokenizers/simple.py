@@ -41,10 +41,16 @@ class CharTokenizer:
         self.vocab_size: int = len(self._id_to_text)
 
     @classmethod
-    def train(cls, texts: Iterable[str], *, special_tokens: Sequence[str] = (ENDOFTEXT,)) -> CharTokenizer:
-        """The vocabulary is every character of the texts (special-token text excluded)."""
+    def train(
+        cls, texts: Iterable[str | Path], *, special_tokens: Sequence[str] = (ENDOFTEXT,)
+    ) -> CharTokenizer:
+        """The vocabulary is every character of the texts (strings, or Paths of UTF-8 files), special-token
+        text excluded."""
+        from lmforge.tokenizers.bpe import read_training_text
+
         seen: set[str] = set()
-        for text in texts:
+        for item in texts:
+            text = read_training_text(item)
             for token in special_tokens:
                 text = text.replace(token, "")
             seen.update(text)
