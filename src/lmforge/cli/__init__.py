@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "scratch",
     "train",
+    "recipe",
     "generate",
 )
 
