@@ -34,11 +34,9 @@ never written to disk: the seed and the config regenerate them exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +44,17 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.errors import ConfigError, DataError, FormatError
-from lmforge.fileio import atomic_write_json, atomic_write_text
-from lmforge.training.config import ModelSection, OptimSection, TrainSection
+from lmforge.errors import ConfigError, DataError
+from lmforge.fileio import atomic_write_json, atomic_write_text, read_toml
+from lmforge.training.config import (
+    ModelSection,
+    OptimSection,
+    TrainSection,
+    apply_overrides,
+    section_dict,
+    section_from_dict,
+    toml_text,
+)
 
 OPERATORS = ("+", "-", "*")
 END = "<|endoftext|>"
@@ -468,69 +474,27 @@ def load_recipe_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Re
 
     Example: `arithmetic.operators=["+","*"]`, `train.max_iters=500`, `model.n_layer=2`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(path, "config file not found (the recipe's preset is configs/arithmetic.toml)")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(path, f"not valid TOML ({e})") from None
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise ConfigError(f"--set {item!r}: use section.key=value, e.g. --set train.max_iters=500")
-        try:
-            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value.strip()  # a bare word is a string: train.device=cpu
-        raw.setdefault(section, {})[name] = parsed
-    unknown = set(raw) - {"arithmetic", "model", "optim", "train"}
+    raw = apply_overrides(read_toml(path), overrides)
+    sections = {
+        "arithmetic": ArithmeticConfig, "model": ModelSection, "optim": OptimSection, "train": TrainSection
+    }
+    unknown = set(raw) - set(sections)
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)} (use arithmetic, model, optim, train)")
-    model = dict(raw.get("model", {}))
     return RecipeConfig(
-        arithmetic=_section(ArithmeticConfig, raw.get("arithmetic", {}), "arithmetic", path),
-        model=ModelSection(preset=model.pop("preset", ""), options=model),
-        optim=_section(OptimSection, raw.get("optim", {}), "optim", path),
-        train=_section(TrainSection, raw.get("train", {}), "train", path),
+        **{
+            name: section_from_dict(cls, raw.get(name, {}), name=name, source=str(path))
+            for name, cls in sections.items()
+        }
     )
-
-
-def _section(cls: type, values: dict[str, Any], name: str, path: Path) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    values = dict(values)
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{path}: unknown key {name}.{key}; known keys: {', '.join(known)}")
-        if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)  # `lr = 1` is an int in TOML
-    return cls(**values)
 
 
 def recipe_config_toml(config: RecipeConfig) -> str:
     """The resolved config as TOML that `load_recipe_config` reads back to an equal config."""
-
-    def value_text(value: Any) -> str:
-        if isinstance(value, list):
-            return "[" + ", ".join(value_text(v) for v in value) + "]"
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (int, float)):
-            return repr(value)
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-
     sections = {
-        "arithmetic": dataclasses.asdict(config.arithmetic),
-        "model": ({"preset": config.model.preset} if config.model.preset else {}) | config.model.options,
-        "optim": dataclasses.asdict(config.optim),
-        "train": dataclasses.asdict(config.train),
+        name: section_dict(getattr(config, name)) for name in ("arithmetic", "model", "optim", "train")
     }
-    lines = ["# resolved config of an arithmetic recipe run: every setting, defaults included"]
-    for name, values in sections.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{key} = {value_text(value)}" for key, value in values.items() if value is not None]
-    return "\n".join(lines) + "\n"
+    return toml_text(sections, header="resolved config of an arithmetic recipe run, defaults included")
 
 
 def masked_loss(model: Any, tokens: np.ndarray, targets: np.ndarray, *, batch_size: int = 1000) -> float:

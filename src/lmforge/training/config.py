@@ -241,28 +241,36 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def section_from_dict(cls: type, values: Any, *, name: str, source: str = "config") -> Any:
+    """Build one config section (a dataclass) from a parsed TOML table; unknown keys are errors.
+
+    `[model]` is special: `preset` plus any GPTConfig field, kept as `ModelSection.options`.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    values = dict(values)
+    if cls is ModelSection:
+        return ModelSection(preset=values.pop("preset", ""), options=values)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {name}.{key}; known keys: {', '.join(known)}")
+        if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)  # `lr = 1` in TOML is an int; accept it for float fields
+    return cls(**values)
+
+
 def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
     """Build and validate a `Config` from nested dicts (parsed TOML); unknown keys are errors."""
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        values = dict(raw.get(name, {}))
-        if not isinstance(raw.get(name, {}), dict):
-            raise ConfigError(f"{source}: [{name}] must be a table")
-        if cls is ModelSection:
-            preset = values.pop("preset", "")
-            sections[name] = ModelSection(preset=preset, options=values)
-            continue
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{source}: unknown key {name}.{key}; known keys: {', '.join(known)}")
-            if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
-                values[key] = float(value)  # `lr = 1` in TOML is an int; accept it for float fields
-        sections[name] = cls(**values)
-    return Config(**sections)
+    return Config(
+        **{
+            name: section_from_dict(cls, raw.get(name, {}), name=name, source=source)
+            for name, cls in _SECTIONS.items()
+        }
+    )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -293,25 +301,32 @@ def _toml_value(value: Any) -> str:
         return repr(value)  # repr round-trips floats exactly ('0.0003', '1e-08')
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """Nested plain dicts, the inverse of `config_from_dict` (the model's options are flattened back)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in _SECTIONS:
-        section = getattr(config, name)
-        if name == "model":
-            out[name] = ({"preset": section.preset} if section.preset else {}) | dict(section.options)
-        else:
-            out[name] = dataclasses.asdict(section)
-    return out
+    """Nested plain dicts, the inverse of `config_from_dict`."""
+    return {name: section_dict(getattr(config, name)) for name in _SECTIONS}
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """A config section as a plain dict (the model's options flattened back beside `preset`)."""
+    if isinstance(section, ModelSection):
+        return ({"preset": section.preset} if section.preset else {}) | dict(section.options)
+    return dataclasses.asdict(section)
+
+
+def toml_text(sections: dict[str, dict[str, Any]], *, header: str) -> str:
+    """Write `{section: {key: value}}` as TOML (None values are left out: the default applies)."""
+    lines = [f"# {header}"]
+    for name, values in sections.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+    return "\n".join(lines) + "\n"
 
 
 def to_toml(config: Config) -> str:
     """The config as TOML text that `load_config` reads back to an equal `Config`."""
-    lines = ["# resolved lmforge config: every setting of this run, defaults included"]
-    for name, values in to_dict(config).items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
-    return "\n".join(lines) + "\n"
+    return toml_text(to_dict(config), header="resolved lmforge config: every setting of this run")
