@@ -15,16 +15,6 @@ from lmforge.errors import ConfigError, FormatError
 from lmforge.models import GPT, GPTConfig, checkpoint_meta
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU OpenMP spin-waits make each
-    small op take milliseconds; one thread keeps this module fast and its timing stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(**overrides) -> GPTConfig:
     return GPTConfig.preset("tiny", **{"vocab_size": 101, "block_size": 32, "n_head": 4, **overrides})
 

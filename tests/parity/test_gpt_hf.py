@@ -13,16 +13,6 @@ from lmforge.models import GPT, GPTConfig  # noqa: E402
 from lmforge.models.convert import from_hf_gpt2, to_hf_gpt2  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU OpenMP spin-waits make each
-    small op take milliseconds; one thread keeps this module fast and its timing stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _hf_config(*, tie: bool = True) -> transformers.GPT2Config:
     return transformers.GPT2Config(
         vocab_size=97,
