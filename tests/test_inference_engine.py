@@ -145,3 +145,22 @@ def test_bfloat16_weights_just_work():
         Engine(model).generate([[1, 2, 3]], GREEDY, max_new_tokens=1)[0]
         == recompute_greedy(model, [1, 2, 3], 1)[0]
     )
+
+
+def test_matvec_layout_changes_memory_order_only(tmp_path):
+    """The engine's weight layout keeps values, shapes, the tied head and checkpoints; bf16 gets the
+    default layout back (its decoding kernel prefers it)."""
+    from lmforge.inference.engine import matvec_layout
+
+    model = GPT(GPTConfig.preset("tiny", vocab_size=97)).eval()
+    idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    before = model(idx)[0]
+    matvec_layout(model)
+    head = model.lm_head.weight
+    assert not head.is_contiguous() and head.t().is_contiguous()
+    assert head is model.transformer.wte.weight  # still tied
+    torch.testing.assert_close(model(idx)[0], before)
+    model.save_checkpoint(tmp_path)
+    torch.testing.assert_close(GPT.from_checkpoint(tmp_path).eval()(idx)[0], before)
+    matvec_layout(model.to(torch.bfloat16))
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear))

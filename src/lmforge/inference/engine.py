@@ -20,6 +20,9 @@ cached keys, which only RoPE would allow.
 
 The engine runs in whatever dtype the model's parameters have (`model.to(torch.bfloat16)` halves the
 bytes read per token, which is what bounds batch-1 decoding on a CPU); sampling is done in float32.
+For the same reason `Engine` stores each float32 Linear weight in (in, out) memory order
+(`matvec_layout`): values and shapes stay the same, but one-row products then stream the weights 1.2x
+(blocks) to 1.9x (the 50257-row LM head) faster on the CPU measured in bench/generate_bench.py.
 `compile=True` wraps the one-token decoding step in `torch.compile`.
 
 Deliberately not here: text (tokenizers, stop strings, UTF-8; see `text.py`), and the choice of the
@@ -51,7 +54,7 @@ class Engine:
     def __init__(self, model: torch.nn.Module, *, compile: bool = False, context: str = "error"):
         if context not in CONTEXT_POLICIES:
             raise ConfigError(f"context={context!r} is invalid; choose one of {', '.join(CONTEXT_POLICIES)}")
-        self.model = model
+        self.model = matvec_layout(model)
         self.context = context
         self.block_size: int = model.config.block_size
         self.vocab_size: int = model.config.vocab_size
@@ -176,6 +179,29 @@ class Engine:
         with _without_onednn():
             logits, _ = self.model(ids, kv_cache=cache)  # (B, 1, V)
         return logits[:, -1]
+
+
+def matvec_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """Store every Linear weight in the memory order that one-row products read fastest; in place.
+
+    `F.linear(x, W)` computes x @ W.T. For float32, W stored as the transpose of a contiguous (in, out)
+    matrix (what GPT-2's Conv1D keeps) streams faster through the CPU BLAS kernel than the default
+    layout (23.8 -> 19.8 ms for GPT-2's 48 block matrices, 11.9 -> 6.4 ms for its LM head, one-row
+    products at 2 threads); ATen's bf16 kernel, which decoding uses, is the other way round (the
+    transposed layout made bf16 decoding 6x slower), so other dtypes get the default layout back.
+    Values, shapes, parameter identity (tied weights stay tied) and checkpoints (saved contiguous) are
+    unchanged, and calling it again is harmless.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            weight = module.weight.data
+            if weight.dtype == torch.float32 and weight.is_contiguous():
+                module.weight.data = weight.t().contiguous().t()
+            elif weight.dtype != torch.float32 and not weight.is_contiguous():
+                module.weight.data = weight.contiguous()
+    return model
 
 
 @contextmanager
