@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = result.last_eval or {}
     print(
         f"trained {result.step} steps: val loss {metrics.get('loss', float('nan')):.3f}, "
-        f"perplexity {metrics.get('perplexity', float('nan')):.1f}, "
+        f"perplexity {metrics.get('ppl', float('nan')):.1f}, "
         f"bits/byte {metrics.get('bpb', float('nan')):.3f}"
     )
 
