@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lmforge.data.datasets import RandomWindows, SequentialWindows, sequential_windows
+from lmforge.data.datasets import RandomWindows, SequentialWindows, sequential_windows, spread_windows
 from lmforge.errors import ConfigError, DataError
 
 
@@ -81,6 +81,26 @@ def test_sequential_windows_by_hand():
     assert [x.shape for x, _ in batches] == [(2, 4), (1, 4)]
     assert batches[0][1].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert batches[1][0].tolist() == [[8, 0, 0, 0]] and batches[1][1].tolist() == [[9, -100, -100, -100]]
+
+
+def test_spread_windows_by_hand():
+    """101 tokens, block 4: K = 25 windows (100 targets). 5 wanted -> windows (i * 25) // 5 = 0, 5, 10,
+    15, 20, starting at tokens 0, 20, 40, 60, 80; 6 wanted (3 batches of 2) -> 0, 4, 8, 12, 16, 20.
+    The sample reaches the end of the split, not just its first document."""
+    batches = list(spread_windows(np.arange(101), block_size=4, batch_size=1, num_batches=5))
+    assert [int(x[0, 0]) for x, _ in batches] == [0, 20, 40, 60, 80]
+    assert all(torch.equal(y, x + 1) for x, y in batches)  # every target scored, no padding
+    batches = list(spread_windows(np.arange(101), block_size=4, batch_size=2, num_batches=3))
+    assert [x[:, 0].tolist() for x, _ in batches] == [[0, 16], [32, 48], [64, 80]]
+
+
+def test_spread_windows_of_a_small_split_score_it_whole():
+    tokens = np.arange(30)
+    spread = list(spread_windows(tokens, block_size=8, batch_size=2, num_batches=10))
+    whole = list(sequential_windows(tokens, block_size=8, batch_size=2))
+    assert len(spread) == len(whole)
+    for (x, y), (x_whole, y_whole) in zip(spread, whole, strict=True):
+        assert torch.equal(x, x_whole) and torch.equal(y, y_whole)
 
 
 @pytest.mark.parametrize(

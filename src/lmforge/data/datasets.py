@@ -8,6 +8,8 @@ is never read into RAM as a whole); a window is `block_size + 1` consecutive tok
   `(seed, step)`, so saving the step (`state_dict`) is enough for a resumed run to draw the same batches,
   and ranks of a distributed run take disjoint slices of one global batch: ranks 0..W-1 with batch size B
   together draw exactly what one process with batch size W*B would.
+- `spread_windows` takes a fixed sample of windows spaced evenly over the split: the trainer's periodic
+  estimate of the val loss.
 - `sequential_windows` / `SequentialWindows` walk the split from the start and score every target token
   exactly once (the tail window is padded with targets of -100, the loss's ignore_index). With
   `stride < block_size` windows overlap to give each token more context, and the overlapping targets
@@ -214,4 +216,29 @@ def sequential_windows(
     windows = SequentialWindows(tokens, block_size=block_size, stride=stride)
     for first in range(0, len(windows), batch_size):
         rows = [windows[k] for k in range(first, min(first + batch_size, len(windows)))]
+        yield torch.stack([x for x, _ in rows]), torch.stack([y for _, y in rows])
+
+
+def spread_windows(
+    tokens: np.ndarray, *, block_size: int, batch_size: int, num_batches: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`num_batches` batches of non-overlapping windows spaced evenly over the whole split.
+
+    The in-training estimate of the val loss: the first batches of a split come from its first document
+    alone (one play, one file), while evenly spaced windows sample all of it, and the same windows every
+    time, so successive evaluations are comparable. Window indices are `(i * K) // n` for i < n = the
+    windows wanted, out of the K of `sequential_windows`. Example: 100 tokens, block_size=4 -> K = 25
+    windows; batch_size=1, num_batches=5 -> windows 0, 5, 10, 15, 20 (starting at tokens 0, 20, ..., 80).
+    A split with no more than n windows is scored whole, exactly as `sequential_windows` does.
+    """
+    if batch_size < 1 or num_batches < 1:
+        raise ConfigError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
+    windows = SequentialWindows(tokens, block_size=block_size)
+    wanted = batch_size * num_batches
+    if wanted >= len(windows):
+        yield from sequential_windows(tokens, block_size=block_size, batch_size=batch_size)
+        return
+    picks = [(i * len(windows)) // wanted for i in range(wanted)]
+    for first in range(0, wanted, batch_size):
+        rows = [windows[k] for k in picks[first : first + batch_size]]
         yield torch.stack([x for x, _ in rows]), torch.stack([y for _, y in rows])

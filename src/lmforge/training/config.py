@@ -150,7 +150,7 @@ class TrainSection:
     grad_accum_steps: int = 1
     # evaluate (and checkpoint) every this many steps, and after the last step; 0 = only at the end
     eval_interval: int = 250
-    # batches of the eval split per evaluation; 0 scores the whole split
+    # batches per evaluation, of windows spread evenly over the eval split; 0 scores the whole split
     eval_batches: int = 20
     # print / write a metrics row every this many steps
     log_interval: int = 10

@@ -379,7 +379,7 @@ def train_from_config(config: Config, *, resume: bool | str | Path = False) -> T
     Writes the resolved config to `<out_dir>/config.toml`.
     """
     from lmforge import seed_everything
-    from lmforge.data.datasets import RandomWindows, sequential_windows
+    from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
     from lmforge.data.shards import load_meta, open_split
     from lmforge.evaluation.metrics import evaluate_lm
     from lmforge.models import GPT
@@ -415,13 +415,14 @@ def train_from_config(config: Config, *, resume: bool | str | Path = False) -> T
     bytes_per_token = split_counts["bytes"] / split_counts["tokens"] if split_counts["bytes"] else None
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        windows = sequential_windows(
-            eval_tokens, block_size=model_config.block_size, batch_size=train.batch_size
-        )
+        T, B = model_config.block_size, train.batch_size
+        if train.eval_batches:  # a fixed sample spread over the whole split, not just its first document
+            windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
+        else:
+            windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
         metrics = evaluate_lm(
             m,
             windows,
-            max_batches=train.eval_batches,
             device=trainer.device,
             autocast=trainer.autocast,
             bytes_per_token=bytes_per_token,
