@@ -32,7 +32,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 def _check(condition: bool, section: str, name: str, value: Any, rule: str) -> None:
     if not condition:
-        raise ConfigError(f"config: {section}.{name}={value!r} is invalid; {rule}")
+        raise ConfigError(f"{section}.{name}={value!r} is invalid; {rule}")
 
 
 @dataclass
@@ -257,7 +257,10 @@ def section_from_dict(cls: type, values: Any, *, name: str, source: str = "confi
             raise ConfigError(f"{source}: unknown key {name}.{key}; known keys: {', '.join(known)}")
         if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)  # `lr = 1` in TOML is an int; accept it for float fields
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as error:  # a value the section's validation refused: say where it came from
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
@@ -291,7 +294,8 @@ def load_config(path: str | Path | None, *, overrides: Sequence[str] = ()) -> Co
     """Read a TOML config (defaults when `path` is None) and apply `section.key=value` overrides."""
     raw: dict[str, Any] = {} if path is None else read_toml(path)
     apply_overrides(raw, overrides)
-    return config_from_dict(raw, source=str(path) if path is not None else "config")
+    source = str(path) if path is not None else "config"
+    return config_from_dict(raw, source=f"{source} with --set overrides" if overrides else source)
 
 
 def _toml_value(value: Any) -> str:
