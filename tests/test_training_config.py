@@ -71,3 +71,14 @@ def test_unknown_model_option_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[train\nmax_iters = 1")
     with pytest.raises(FormatError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_an_invalid_value_names_the_file_it_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\ndir = "d"\n\n[optim]\nlr = -1.0\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: optim.lr=-1.0 is invalid")):
+        load_config(path)
+    path.write_text('[data]\ndir = "d"\n')
+    message = f"{path} with --set overrides: optim.lr=-1.0 is invalid"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, overrides=["optim.lr=-1.0"])
