@@ -6,7 +6,8 @@ rename-free copy except for the layout: HF stores its projections as `Conv1D` wi
 (in_features, out_features), the transpose of `nn.Linear`. Hub checkpoints may omit the
 `transformer.` prefix and the tied `lm_head.weight`; both are accepted.
 
-Deliberately not here: downloading (pass a local directory), `pytorch_model.bin` pickles, and any
+Deliberately not here: tokenizers (the `lmforge convert` command carries those, so that this module
+stays free of text), downloading (pass a local directory), `pytorch_model.bin` pickles, and any
 architecture GPT-2 cannot express (RoPE, RMSNorm, SwiGLU, GQA, no biases: export refuses them).
 Reference: transformers/models/gpt2/modeling_gpt2.py and pytorch_utils.Conv1D.
 """
@@ -89,9 +90,15 @@ def from_hf_gpt2(directory: str | Path) -> GPT:
     return model
 
 
-def to_hf_gpt2(model: GPT, directory: str | Path) -> None:
-    """Write `config.json` + `model.safetensors` that `transformers.GPT2LMHeadModel.from_pretrained` loads."""
+def to_hf_gpt2(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> None:
+    """Write `config.json` + `model.safetensors` that `transformers.GPT2LMHeadModel.from_pretrained` loads.
+
+    `eot_id`, the tokenizer's end-of-text id, becomes bos_token_id and eos_token_id (GPT-2's own config
+    uses <|endoftext|> for both), so that HF generation stops there; None leaves them null.
+    """
     c = model.config
+    if eot_id is not None and not 0 <= eot_id < c.vocab_size:
+        raise ConfigError(f"eot_id={eot_id} is outside the model's vocabulary (vocab_size={c.vocab_size})")
     unsupported = {
         "pos_encoding": (c.pos_encoding, "learned"),
         "norm": (c.norm, "layernorm"),
@@ -131,7 +138,7 @@ def to_hf_gpt2(model: GPT, directory: str | Path) -> None:
             "resid_pdrop": c.dropout,
             "tie_word_embeddings": c.tie_embeddings,
             "scale_attn_weights": True,
-            "bos_token_id": None,
-            "eos_token_id": None,
+            "bos_token_id": eot_id,
+            "eos_token_id": eot_id,
         },
     )
