@@ -3,13 +3,18 @@ LlamaForCausalLM, the well-known reference for that combination. Tiny random con
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
+from lmforge.errors import ConfigError, FormatError  # noqa: E402
 from lmforge.models import GPT, GPTConfig  # noqa: E402
+from lmforge.models.convert import from_hf_llama, to_hf_llama  # noqa: E402
 
 VOCAB, BLOCK, THETA, EPS = 97, 32, 500_000.0, 1e-6  # theta and eps differ from both libraries' defaults
 
@@ -59,49 +64,21 @@ def _hf_config(config: GPTConfig) -> transformers.LlamaConfig:
     )
 
 
-def _hf_weights(ours: GPT) -> dict[str, torch.Tensor]:
-    """Our state dict under Llama's names: the fused q/k/v projection is [q; k; v] by output rows (n_head,
-    n_kv_head, n_kv_head heads of head_dim), the fused swiglu input projection is [gate; up]."""
-    c = ours.config
-    sd = ours.state_dict()
-    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"], "lm_head.weight": sd["lm_head.weight"]}
-    out["model.norm.weight"] = sd["transformer.ln_f.weight"]
-    for i in range(c.n_layer):
-        ours_prefix, hf_prefix = f"transformer.h.{i}.", f"model.layers.{i}."
-        q, k, v = sd[ours_prefix + "attn.c_attn.weight"].split(
-            [c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.n_kv_head * c.head_dim]
-        )
-        gate, up = sd[ours_prefix + "mlp.c_fc.weight"].chunk(2)
-        out |= {
-            hf_prefix + "input_layernorm.weight": sd[ours_prefix + "ln_1.weight"],
-            hf_prefix + "self_attn.q_proj.weight": q,
-            hf_prefix + "self_attn.k_proj.weight": k,
-            hf_prefix + "self_attn.v_proj.weight": v,
-            hf_prefix + "self_attn.o_proj.weight": sd[ours_prefix + "attn.c_proj.weight"],
-            hf_prefix + "post_attention_layernorm.weight": sd[ours_prefix + "ln_2.weight"],
-            hf_prefix + "mlp.gate_proj.weight": gate,
-            hf_prefix + "mlp.up_proj.weight": up,
-            hf_prefix + "mlp.down_proj.weight": sd[ours_prefix + "mlp.c_proj.weight"],
-        }
-    return out
-
-
-def _hf_copy(ours: GPT) -> transformers.LlamaForCausalLM:
-    hf = transformers.LlamaForCausalLM(_hf_config(ours.config)).eval()
-    weights = _hf_weights(ours)
-    hf_state = hf.state_dict()
-    assert set(hf_state) == set(weights)  # every HF tensor is overwritten, none left at its own init
-    with torch.no_grad():
-        for name, tensor in hf_state.items():
-            tensor.copy_(weights[name])
+def _hf_copy(ours: GPT, directory) -> transformers.LlamaForCausalLM:
+    """Our weights in transformers' Llama, through `to_hf_llama` and `from_pretrained` (float32)."""
+    to_hf_llama(ours, directory)
+    hf = transformers.LlamaForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    c = ours.config  # the settings that a default would hide must have reached HF's config
+    assert (hf.config.rms_norm_eps, hf.config.rope_parameters["rope_theta"]) == (c.norm_eps, c.rope_theta)
+    assert (hf.config.num_key_value_heads, hf.config.tie_word_embeddings) == (c.n_kv_head, c.tie_embeddings)
     return hf
 
 
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("n_kv_head", [2, 4], ids=["gqa", "mha"])
-def test_logits_and_loss_match_llama(n_kv_head, tie):
+def test_logits_and_loss_match_llama(n_kv_head, tie, tmp_path):
     ours = _ours(n_kv_head=n_kv_head, tie=tie)
-    hf = _hf_copy(ours)
+    hf = _hf_copy(ours, tmp_path)
     assert (hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()) == tie
     idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -119,3 +96,37 @@ def test_logits_and_loss_match_llama(n_kv_head, tie):
 def test_param_count_matches_llama(n_kv_head, tie):
     ours = _ours(n_kv_head=n_kv_head, tie=tie)
     assert ours.num_params() == transformers.LlamaForCausalLM(_hf_config(ours.config)).num_parameters()
+
+
+def test_hf_llama_imports_with_equal_logits(tmp_path):
+    """A random transformers Llama (GQA, untied, theta and eps off the defaults) -> from_hf_llama."""
+    hf_config = _hf_config(_ours(n_kv_head=2, tie=False).config)
+    torch.manual_seed(2)
+    hf = transformers.LlamaForCausalLM(hf_config).eval()
+    with torch.no_grad():  # HF starts norm gains at 1: randomise them so a swapped gain shows
+        for name, p in hf.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(torch.randn_like(p) * 0.2)
+    hf.save_pretrained(tmp_path)
+    ours = from_hf_llama(tmp_path).eval()
+    assert ours.config.rope_theta == THETA and ours.config.norm_eps == EPS and ours.config.n_kv_head == 2
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_llama_export_refuses_gpt2_block_and_import_refuses_what_we_lack(tmp_path):
+    with pytest.raises(ConfigError, match="cannot export to HF Llama: pos_encoding='learned'"):
+        to_hf_llama(GPT(GPTConfig.preset("tiny")), tmp_path / "out")
+    to_hf_llama(_ours(n_kv_head=2, tie=True), tmp_path)
+    config = tmp_path / "config.json"
+    good = json.loads(config.read_text())
+    for change, problem in [
+        ({"attention_bias": True}, "attention_bias=True is not supported"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "RoPE scaling"),
+        ({"model_type": "mistral"}, "not a Llama config"),
+    ]:
+        config.write_text(json.dumps(good | change))
+        with pytest.raises(FormatError, match=re.escape(problem)) as info:
+            from_hf_llama(tmp_path)
+        assert str(config) in str(info.value)

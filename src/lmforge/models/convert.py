@@ -1,15 +1,21 @@
-"""Weights interop with Hugging Face GPT-2: import a `model.safetensors` + `config.json` directory as a
-`GPT`, and export a `GPT` to a directory that `transformers.GPT2LMHeadModel.from_pretrained` loads.
+"""Weights interop with Hugging Face: GPT-2 (`GPT2LMHeadModel`) and the Llama-style block
+(`LlamaForCausalLM`), each as a `model.safetensors` + `config.json` directory, both ways.
 
-Our module names already follow GPT-2's (`transformer.h.N.attn.c_attn` ...), so conversion is a
+GPT-2: our module names already follow GPT-2's (`transformer.h.N.attn.c_attn` ...), so conversion is a
 rename-free copy except for the layout: HF stores its projections as `Conv1D` with weight
 (in_features, out_features), the transpose of `nn.Linear`. Hub checkpoints may omit the
 `transformer.` prefix and the tied `lm_head.weight`; both are accepted.
 
+Llama: a GPT with rotary positions, pre-RMSNorm, a SwiGLU MLP and no biases (any number of key/value
+heads) is a Llama. Only names and fusion differ: our `c_attn` is Llama's q_proj, k_proj and v_proj
+stacked by output rows ([q; k; v], the same rotate-half RoPE layout, so no permutation), and our `c_fc`
+is [gate_proj; up_proj].
+
 Deliberately not here: tokenizers (the `lmforge convert` command carries those, so that this module
 stays free of text), downloading (pass a local directory), `pytorch_model.bin` pickles, and any
-architecture GPT-2 cannot express (RoPE, RMSNorm, SwiGLU, GQA, no biases: export refuses them).
-Reference: transformers/models/gpt2/modeling_gpt2.py and pytorch_utils.Conv1D.
+architecture neither format expresses (export refuses it; import refuses options we lack, such as RoPE
+scaling or biases in a Llama).
+Reference: transformers/models/gpt2/modeling_gpt2.py, pytorch_utils.Conv1D, models/llama/modeling_llama.py.
 """
 
 from __future__ import annotations
@@ -142,3 +148,171 @@ def to_hf_gpt2(model: GPT, directory: str | Path, *, eot_id: int | None = None) 
             "eos_token_id": eot_id,
         },
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Llama
+
+LLAMA_BLOCK = {
+    "pos_encoding": "rope",
+    "norm": "rmsnorm",
+    "norm_placement": "pre",
+    "mlp": "swiglu",
+    "bias": False,
+}
+
+
+def _llama_names(c: GPTConfig) -> list[tuple[str, str]]:
+    """(our name, Llama's name) of every tensor that is copied as it is (not the fused projections)."""
+    names = [
+        ("transformer.wte.weight", "model.embed_tokens.weight"),
+        ("transformer.ln_f.weight", "model.norm.weight"),
+    ]
+    if not c.tie_embeddings:
+        names.append(("lm_head.weight", "lm_head.weight"))
+    for i in range(c.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        names += [
+            (ours + "ln_1.weight", theirs + "input_layernorm.weight"),
+            (ours + "ln_2.weight", theirs + "post_attention_layernorm.weight"),
+            (ours + "attn.c_proj.weight", theirs + "self_attn.o_proj.weight"),
+            (ours + "mlp.c_proj.weight", theirs + "mlp.down_proj.weight"),
+        ]
+    return names
+
+
+def _qkv_rows(c: GPTConfig) -> list[int]:
+    return [c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.n_kv_head * c.head_dim]
+
+
+def to_hf_llama(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> None:
+    """Write `config.json` + `model.safetensors` that `transformers.LlamaForCausalLM.from_pretrained` loads.
+
+    `eot_id` becomes bos_token_id and eos_token_id, as in `to_hf_gpt2`.
+    """
+    c = model.config
+    bad = [f"{key}={getattr(c, key)!r} (Llama needs {need!r})" for key, need in LLAMA_BLOCK.items()
+           if getattr(c, key) != need]  # fmt: skip
+    if bad:
+        raise ConfigError(f"cannot export to HF Llama: {'; '.join(bad)}")
+    if eot_id is not None and not 0 <= eot_id < c.vocab_size:
+        raise ConfigError(f"eot_id={eot_id} is outside the model's vocabulary (vocab_size={c.vocab_size})")
+    sd = model.state_dict()
+    tensors = {theirs: sd[ours] for ours, theirs in _llama_names(c)}
+    for i in range(c.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, k, v = sd[ours + "attn.c_attn.weight"].split(_qkv_rows(c))
+        gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
+        tensors |= {theirs + "self_attn.q_proj.weight": q, theirs + "self_attn.k_proj.weight": k,
+                    theirs + "self_attn.v_proj.weight": v, theirs + "mlp.gate_proj.weight": gate,
+                    theirs + "mlp.up_proj.weight": up}  # fmt: skip
+    directory = Path(directory)
+    save_safetensors(
+        directory / "model.safetensors",
+        {n: t.contiguous() for n, t in tensors.items()},
+        metadata={"format": "pt"},
+    )
+    atomic_write_json(
+        directory / "config.json",
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.n_embd,
+            "intermediate_size": c.mlp_hidden,
+            "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head,
+            "num_key_value_heads": c.n_kv_head,
+            "head_dim": c.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": c.block_size,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope_theta,  # transformers < 5
+            "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},  # transformers >= 5
+            "attention_bias": False,
+            "mlp_bias": False,
+            "attention_dropout": 0.0,
+            "tie_word_embeddings": c.tie_embeddings,
+            "initializer_range": c.init_std,
+            "bos_token_id": eot_id,
+            "eos_token_id": eot_id,
+        },
+    )
+
+
+def _config_from_hf_llama(hf: dict, path: Path) -> GPTConfig:
+    """GPTConfig from an HF Llama config.json dict; Llama options we do not have are an error."""
+    if hf.get("model_type") != "llama":
+        raise FormatError(path, f"not a Llama config (model_type = {hf.get('model_type')!r})")
+    rope = hf.get("rope_parameters") or {}
+    if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        raise FormatError(
+            path, "RoPE scaling (rope_scaling / a rope_type other than 'default') is not supported"
+        )
+    unsupported = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
+    for key, need in unsupported.items():
+        if hf.get(key, need) != need:
+            raise FormatError(
+                path, f"{key}={hf[key]!r} is not supported (lmforge's Llama block needs {need!r})"
+            )
+    try:
+        n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+        if hf.get("head_dim", n_embd // n_head) * n_head != n_embd:
+            raise FormatError(path, "head_dim * num_attention_heads != hidden_size is not supported")
+        return GPTConfig(
+            vocab_size=hf["vocab_size"],
+            block_size=hf["max_position_embeddings"],
+            n_layer=hf["num_hidden_layers"],
+            n_head=n_head,
+            n_kv_head=hf.get("num_key_value_heads", n_head),
+            n_embd=n_embd,
+            n_inner=hf["intermediate_size"],
+            dropout=0.0,
+            bias=False,
+            pos_encoding="rope",
+            rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            mlp="swiglu",
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init_std=hf.get("initializer_range", 0.02),
+        )
+    except KeyError as e:
+        raise FormatError(path, f"missing field {e.args[0]!r}") from None
+    except ConfigError as e:
+        raise FormatError(path, str(e)) from None
+
+
+def from_hf_llama(directory: str | Path) -> GPT:
+    """Load a Hugging Face Llama directory (config.json + one model.safetensors) as an lmforge GPT (fp32)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    c = _config_from_hf_llama(read_json(config_path, what="HF config"), config_path)
+    weights_path = directory / "model.safetensors"
+    tensors = load_safetensors(weights_path, what="HF Llama weights")
+    if c.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # the same matrix as embed_tokens
+    try:
+        state = {ours: tensors.pop(theirs) for ours, theirs in _llama_names(c)}
+        for i in range(c.n_layer):
+            ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+            state[ours + "attn.c_attn.weight"] = torch.cat(
+                [tensors.pop(theirs + f"self_attn.{x}_proj.weight") for x in "qkv"]
+            )
+            state[ours + "mlp.c_fc.weight"] = torch.cat(
+                [tensors.pop(theirs + f"mlp.{x}_proj.weight") for x in ("gate", "up")]
+            )
+    except KeyError as e:
+        raise FormatError(weights_path, f"missing tensor {e.args[0]!r}") from None
+    leftover = sorted(name for name in tensors if not name.endswith("rotary_emb.inv_freq"))
+    if leftover:
+        raise FormatError(weights_path, f"unexpected tensors for a Llama model: {', '.join(leftover[:5])}")
+    model = GPT(c)
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise FormatError(
+                weights_path, f"{name}: shape {tuple(tensor.shape)} != expected {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)  # only the tied head absent
+    return model
