@@ -19,9 +19,9 @@ from lmforge.models.convert import from_hf_llama, to_hf_llama  # noqa: E402
 VOCAB, BLOCK, THETA, EPS = 97, 32, 500_000.0, 1e-6  # theta and eps differ from both libraries' defaults
 
 
-def _ours(*, n_kv_head: int, tie: bool) -> GPT:
+def _ours(*, n_kv_head: int, tie: bool, vocab_size: int = VOCAB) -> GPT:
     config = GPTConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         block_size=BLOCK,
         n_layer=2,
         n_head=4,
@@ -130,3 +130,33 @@ def test_llama_export_refuses_gpt2_block_and_import_refuses_what_we_lack(tmp_pat
         with pytest.raises(FormatError, match=re.escape(problem)) as info:
             from_hf_llama(tmp_path)
         assert str(config) in str(info.value)
+
+
+def test_convert_cli_round_trips_a_llama_style_model_with_its_tokenizer(tmp_path, shakespeare_sample, capsys):
+    """lmforge convert picks the architecture from the block: our Llama-style checkpoint becomes a
+    LlamaForCausalLM with equal logits, and comes back with the same weights and tokenizer."""
+    from lmforge.cli import main
+    from lmforge.models import checkpoint_meta
+    from lmforge.tokenizers import BPETokenizer
+
+    tokenizer = BPETokenizer.train([shakespeare_sample[:8000]], vocab_size=300, progress=False)
+    ours = _ours(n_kv_head=2, tie=False, vocab_size=300)
+    ours.save_checkpoint(tmp_path / "ours", meta={"tokenizer": tokenizer.to_dict()})
+    assert (
+        main(["convert", "--from", "lmforge", "--to", "hf", str(tmp_path / "ours"), str(tmp_path / "hf")])
+        == 0
+    )
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == tokenizer.eot_id
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert (
+        main(["convert", "--from", "hf", "--to", "lmforge", str(tmp_path / "hf"), str(tmp_path / "back")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "wrote hf Llama (" in out and "wrote lmforge Llama (" in out
+    back = GPT.from_checkpoint(tmp_path / "back").eval()
+    assert checkpoint_meta(tmp_path / "back")["tokenizer_fingerprint"] == tokenizer.fingerprint()
+    idx = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(back(idx)[0], ours(idx)[0], rtol=0, atol=0)

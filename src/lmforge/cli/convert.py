@@ -1,5 +1,6 @@
-"""`lmforge convert`: move a GPT-2 between Hugging Face's layout and an lmforge checkpoint, tokenizer
-included, so that the result is directly usable (`lmforge generate`, `GPT2LMHeadModel.from_pretrained`).
+"""`lmforge convert`: move a GPT-2 or a Llama-style GPT between Hugging Face's layout and an lmforge
+checkpoint, tokenizer included, so that the result is directly usable (`lmforge generate`,
+`GPT2LMHeadModel` / `LlamaForCausalLM.from_pretrained`).
 
 The weights and model config are converted by `lmforge.models.convert`, which knows nothing of text; the
 tokenizer is carried here, with the formats of `lmforge.tokenizers.formats`:
@@ -32,10 +33,13 @@ HF_TOKENIZER, VOCAB, MERGES = "tokenizer.json", "vocab.json", "merges.txt"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a GPT-2 (weights and tokenizer) between Hugging Face and lmforge",
-        description="Convert a Hugging Face GPT-2 directory into an lmforge checkpoint directory, or back,\n"
-        "tokenizer included, so that DST is ready for `lmforge generate` or for\n"
-        "transformers.GPT2LMHeadModel.from_pretrained(DST).",
+        help="convert a GPT-2 or Llama (weights and tokenizer) between Hugging Face and lmforge",
+        description="Convert a Hugging Face GPT-2 or Llama directory into an lmforge checkpoint directory,\n"
+        "or back, tokenizer included, so that DST is ready for `lmforge generate` or for\n"
+        "transformers' from_pretrained(DST). The architecture follows the model: config.json's\n"
+        "model_type (gpt2 or llama) one way; the other way a GPT with rotary positions, RMSNorm,\n"
+        "SwiGLU and no biases becomes a LlamaForCausalLM, any other a GPT2LMHeadModel (refused if\n"
+        "GPT-2 cannot express it).",
         epilog="what is converted:\n"
         "  hf -> lmforge   config.json + model.safetensors -> model.safetensors + meta.json;\n"
         "                  tokenizer.json (byte-level BPE), or else vocab.json + merges.txt (GPT-2\n"
@@ -119,11 +123,11 @@ def _import_hf_tokenizer(src: Path, vocab_size: int) -> tuple[BPETokenizer | Non
 
 def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
     """Convert; return the model and a line about the tokenizer."""
-    from lmforge.models.convert import from_hf_gpt2
+    from lmforge.models.convert import from_hf
 
-    model = from_hf_gpt2(src)
+    model, architecture = from_hf(src)
     tokenizer, note = _import_hf_tokenizer(src, model.config.vocab_size)
-    meta: dict[str, Any] = {"converted_from": "hf-gpt2"}
+    meta: dict[str, Any] = {"converted_from": f"hf-{architecture}"}
     if tokenizer is not None:
         meta |= {"tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint()}
     model.save_checkpoint(dst, meta=meta)
@@ -133,7 +137,7 @@ def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
 def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
     """Convert; return the model and a line about the tokenizer."""
     from lmforge.models import GPT, checkpoint_meta
-    from lmforge.models.convert import to_hf_gpt2
+    from lmforge.models.convert import to_hf
     from lmforge.models.gpt import META_FILE
     from lmforge.tokenizers import BPETokenizer, tokenizer_from_dict
     from lmforge.tokenizers.formats import export_hf
@@ -141,13 +145,13 @@ def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
     model = GPT.from_checkpoint(src)
     meta = checkpoint_meta(src)
     if "tokenizer" not in meta:
-        to_hf_gpt2(model, dst)
+        to_hf(model, dst)
         return model, f"note: {src / META_FILE} has no tokenizer, so {dst} has the weights only"
     tokenizer = tokenizer_from_dict(meta["tokenizer"], source=src / META_FILE)
     if not isinstance(tokenizer, BPETokenizer):
-        to_hf_gpt2(model, dst)
+        to_hf(model, dst)
         return model, f"note: {tokenizer.kind} tokenizers have no HF form, so {dst} has the weights only"
-    to_hf_gpt2(model, dst, eot_id=tokenizer.eot_id)
+    to_hf(model, dst, eot_id=tokenizer.eot_id)
     export_hf(tokenizer, dst / "tokenizer.json")
     return model, f"tokenizer: BPE, {tokenizer.vocab_size:,} ids, {_eot(tokenizer)} -> tokenizer.json"
 
@@ -159,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--from and --to are both {args.source_format!r}; nothing to convert")
     convert = _hf_to_lmforge if args.source_format == "hf" else _lmforge_to_hf
     model, note = convert(Path(args.src), Path(args.dst))
-    print(f"wrote {args.target_format} GPT-2 ({model.num_params():,} parameters) to {args.dst}")
+    from lmforge.models.convert import hf_architecture
+
+    architecture = "Llama" if hf_architecture(model.config) == "llama" else "GPT-2"
+    print(f"wrote {args.target_format} {architecture} ({model.num_params():,} parameters) to {args.dst}")
     print(note)
     return 0

@@ -316,3 +316,30 @@ def from_hf_llama(directory: str | Path) -> GPT:
             )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)  # only the tied head absent
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Either architecture
+
+
+def hf_architecture(config: GPTConfig) -> str:
+    """Which HF architecture a config maps to: "llama" for the Llama-style block, else "gpt2"."""
+    return "llama" if all(getattr(config, key) == need for key, need in LLAMA_BLOCK.items()) else "gpt2"
+
+
+def to_hf(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> str:
+    """Export as `LlamaForCausalLM` or `GPT2LMHeadModel`, whichever the model's block is; returns which."""
+    architecture = hf_architecture(model.config)
+    (to_hf_llama if architecture == "llama" else to_hf_gpt2)(model, directory, eot_id=eot_id)
+    return architecture
+
+
+def from_hf(directory: str | Path) -> tuple[GPT, str]:
+    """Import a Hugging Face GPT-2 or Llama directory by its config.json's model_type: (model, which)."""
+    path = Path(directory) / "config.json"
+    model_type = read_json(path, what="HF config").get("model_type")
+    if model_type == "gpt2":
+        return from_hf_gpt2(directory), "gpt2"
+    if model_type == "llama":
+        return from_hf_llama(directory), "llama"
+    raise FormatError(path, f"model_type {model_type!r} is not supported (lmforge converts gpt2 and llama)")
