@@ -20,6 +20,7 @@ Reference: transformers/models/gpt2/modeling_gpt2.py, pytorch_utils.Conv1D, mode
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,6 +37,35 @@ def _is_conv1d(name: str) -> bool:
     return name.endswith(_CONV1D_SUFFIXES)
 
 
+def _read_hf(
+    directory: str | Path, parse: Callable[[dict, Path], GPTConfig], what: str
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
+    """(config, tensors, weights path) of an HF directory: config.json through `parse` (a missing field
+    or a value GPTConfig refuses is a FormatError naming config.json) and model.safetensors."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    try:
+        config = parse(read_json(config_path, what="HF config"), config_path)
+    except KeyError as e:
+        raise FormatError(config_path, f"missing field {e.args[0]!r}") from None
+    except ConfigError as e:
+        raise FormatError(config_path, str(e)) from None
+    weights_path = directory / "model.safetensors"
+    return config, load_safetensors(weights_path, what=f"HF {what} weights"), weights_path
+
+
+def _load_checked(model: GPT, state: dict[str, torch.Tensor], weights_path: Path) -> GPT:
+    """Load `state` (every tensor but a tied head) into `model` in fp32, after checking every shape."""
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise FormatError(
+                weights_path, f"{name}: shape {tuple(tensor.shape)} != expected {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)  # only the tied head absent
+    return model
+
+
 def _config_from_hf(hf: dict, path: Path) -> GPTConfig:
     """GPTConfig from an HF GPT-2 config.json dict; options GPT-2 has but we do not are an error."""
     if hf.get("model_type") != "gpt2":
@@ -46,31 +76,22 @@ def _config_from_hf(hf: dict, path: Path) -> GPTConfig:
         raise FormatError(path, "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
     if hf.get("scale_attn_weights", True) is not True:
         raise FormatError(path, "scale_attn_weights=false is not supported")
-    try:
-        return GPTConfig(
-            vocab_size=hf["vocab_size"],
-            block_size=hf["n_positions"],
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            n_embd=hf["n_embd"],
-            n_inner=hf.get("n_inner"),
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_embeddings=hf.get("tie_word_embeddings", True),
-            init_std=hf.get("initializer_range", 0.02),
-        )
-    except KeyError as e:
-        raise FormatError(path, f"missing field {e.args[0]!r}") from None
-    except ConfigError as e:
-        raise FormatError(path, str(e)) from None
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        n_inner=hf.get("n_inner"),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        init_std=hf.get("initializer_range", 0.02),
+    )
 
 
 def from_hf_gpt2(directory: str | Path) -> GPT:
     """Load a Hugging Face GPT-2 directory (config.json + model.safetensors) as an lmforge GPT (fp32)."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    config = _config_from_hf(read_json(config_path, what="HF config"), config_path)
-    weights_path = directory / "model.safetensors"
-    tensors = load_safetensors(weights_path, what="HF GPT-2 weights")
+    config, tensors, weights_path = _read_hf(directory, _config_from_hf, "GPT-2")
     model = GPT(config)
     expected = model.state_dict()
     state: dict[str, torch.Tensor] = {}
@@ -87,13 +108,7 @@ def from_hf_gpt2(directory: str | Path) -> GPT:
     missing = sorted(set(expected) - set(state))
     if missing:
         raise FormatError(weights_path, f"missing tensors: {', '.join(missing[:5])}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise FormatError(
-                weights_path, f"{name}: shape {tuple(tensor.shape)} != expected {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)  # only the tied head absent
-    return model
+    return _load_checked(model, state, weights_path)
 
 
 def to_hf_gpt2(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> None:
@@ -255,41 +270,32 @@ def _config_from_hf_llama(hf: dict, path: Path) -> GPTConfig:
             raise FormatError(
                 path, f"{key}={hf[key]!r} is not supported (lmforge's Llama block needs {need!r})"
             )
-    try:
-        n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-        if hf.get("head_dim", n_embd // n_head) * n_head != n_embd:
-            raise FormatError(path, "head_dim * num_attention_heads != hidden_size is not supported")
-        return GPTConfig(
-            vocab_size=hf["vocab_size"],
-            block_size=hf["max_position_embeddings"],
-            n_layer=hf["num_hidden_layers"],
-            n_head=n_head,
-            n_kv_head=hf.get("num_key_value_heads", n_head),
-            n_embd=n_embd,
-            n_inner=hf["intermediate_size"],
-            dropout=0.0,
-            bias=False,
-            pos_encoding="rope",
-            rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-            norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            mlp="swiglu",
-            tie_embeddings=hf.get("tie_word_embeddings", False),
-            init_std=hf.get("initializer_range", 0.02),
-        )
-    except KeyError as e:
-        raise FormatError(path, f"missing field {e.args[0]!r}") from None
-    except ConfigError as e:
-        raise FormatError(path, str(e)) from None
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim", n_embd // n_head) * n_head != n_embd:
+        raise FormatError(path, "head_dim * num_attention_heads != hidden_size is not supported")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads", n_head),
+        n_embd=n_embd,
+        n_inner=hf["intermediate_size"],
+        dropout=0.0,
+        bias=False,
+        pos_encoding="rope",
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        mlp="swiglu",
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        init_std=hf.get("initializer_range", 0.02),
+    )
 
 
 def from_hf_llama(directory: str | Path) -> GPT:
     """Load a Hugging Face Llama directory (config.json + one model.safetensors) as an lmforge GPT (fp32)."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    c = _config_from_hf_llama(read_json(config_path, what="HF config"), config_path)
-    weights_path = directory / "model.safetensors"
-    tensors = load_safetensors(weights_path, what="HF Llama weights")
+    c, tensors, weights_path = _read_hf(directory, _config_from_hf_llama, "Llama")
     if c.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # the same matrix as embed_tokens
     try:
@@ -307,15 +313,7 @@ def from_hf_llama(directory: str | Path) -> GPT:
     leftover = sorted(name for name in tensors if not name.endswith("rotary_emb.inv_freq"))
     if leftover:
         raise FormatError(weights_path, f"unexpected tensors for a Llama model: {', '.join(leftover[:5])}")
-    model = GPT(c)
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise FormatError(
-                weights_path, f"{name}: shape {tuple(tensor.shape)} != expected {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)  # only the tied head absent
-    return model
+    return _load_checked(GPT(c), state, weights_path)
 
 
 # ---------------------------------------------------------------------------------------------------
