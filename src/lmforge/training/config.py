@@ -52,6 +52,7 @@ class ModelSection:
                 value,
                 "model options are plain values",
             )
+        self.build()  # GPTConfig's own validation, now, so that the error can name the config file
 
     def build(self, *, vocab_size: int | None = None) -> Any:
         """The `GPTConfig` this section describes; `vocab_size` fills in when the section has none."""
@@ -249,15 +250,15 @@ def section_from_dict(cls: type, values: Any, *, name: str, source: str = "confi
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: [{name}] must be a table")
     values = dict(values)
-    if cls is ModelSection:
-        return ModelSection(preset=values.pop("preset", ""), options=values)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{source}: unknown key {name}.{key}; known keys: {', '.join(known)}")
-        if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)  # `lr = 1` in TOML is an int; accept it for float fields
     try:
+        if cls is ModelSection:
+            return ModelSection(preset=values.pop("preset", ""), options=values)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"unknown key {name}.{key}; known keys: {', '.join(known)}")
+            if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                values[key] = float(value)  # `lr = 1` in TOML is an int; accept it for float fields
         return cls(**values)
     except ConfigError as error:  # a value the section's validation refused: say where it came from
         raise ConfigError(f"{source}: {error}") from None
