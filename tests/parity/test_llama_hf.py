@@ -125,11 +125,21 @@ def test_llama_export_refuses_gpt2_block_and_import_refuses_what_we_lack(tmp_pat
         ({"attention_bias": True}, "attention_bias=True is not supported"),
         ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "RoPE scaling"),
         ({"model_type": "mistral"}, "not a Llama config"),
+        # wrong types and values that would otherwise crash on arithmetic: one clear line each
+        ({"num_attention_heads": 0}, "GPTConfig.n_head must be a positive integer, got 0"),
+        ({"hidden_size": "abc"}, "GPTConfig.n_embd must be a positive integer, got 'abc'"),
+        ({"rope_parameters": "x"}, "rope_parameters must be an object, found str"),
+        ({"rms_norm_eps": None}, "GPTConfig.norm_eps must be a number, got None"),
+        ({"tie_word_embeddings": "yes"}, "GPTConfig.tie_embeddings must be true or false, got 'yes'"),
+        ({"head_dim": 7}, "head_dim * num_attention_heads != hidden_size"),
     ]:
         config.write_text(json.dumps(good | change))
         with pytest.raises(FormatError, match=re.escape(problem)) as info:
             from_hf_llama(tmp_path)
         assert str(config) in str(info.value)
+    config.write_text("[1]")
+    with pytest.raises(FormatError, match="HF config must hold a JSON object, found list"):
+        from_hf_llama(tmp_path)
 
 
 def test_convert_cli_round_trips_a_llama_style_model_with_its_tokenizer(tmp_path, shakespeare_sample, capsys):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,6 +38,13 @@ def _is_conv1d(name: str) -> bool:
     return name.endswith(_CONV1D_SUFFIXES)
 
 
+def _read_hf_config(path: Path) -> dict[str, Any]:
+    config = read_json(path, what="HF config")
+    if not isinstance(config, dict):
+        raise FormatError(path, f"HF config must hold a JSON object, found {type(config).__name__}")
+    return config
+
+
 def _read_hf(
     directory: str | Path, parse: Callable[[dict, Path], GPTConfig], what: str
 ) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
@@ -45,7 +53,7 @@ def _read_hf(
     directory = Path(directory)
     config_path = directory / "config.json"
     try:
-        config = parse(read_json(config_path, what="HF config"), config_path)
+        config = parse(_read_hf_config(config_path), config_path)
     except KeyError as e:
         raise FormatError(config_path, f"missing field {e.args[0]!r}") from None
     except ConfigError as e:
@@ -260,6 +268,8 @@ def _config_from_hf_llama(hf: dict, path: Path) -> GPTConfig:
     if hf.get("model_type") != "llama":
         raise FormatError(path, f"not a Llama config (model_type = {hf.get('model_type')!r})")
     rope = hf.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise FormatError(path, f"rope_parameters must be an object, found {type(rope).__name__}")
     if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
         raise FormatError(
             path, "RoPE scaling (rope_scaling / a rope_type other than 'default') is not supported"
@@ -270,16 +280,13 @@ def _config_from_hf_llama(hf: dict, path: Path) -> GPTConfig:
             raise FormatError(
                 path, f"{key}={hf[key]!r} is not supported (lmforge's Llama block needs {need!r})"
             )
-    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim", n_embd // n_head) * n_head != n_embd:
-        raise FormatError(path, "head_dim * num_attention_heads != hidden_size is not supported")
-    return GPTConfig(
+    config = GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["max_position_embeddings"],
         n_layer=hf["num_hidden_layers"],
-        n_head=n_head,
-        n_kv_head=hf.get("num_key_value_heads", n_head),
-        n_embd=n_embd,
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+        n_embd=hf["hidden_size"],
         n_inner=hf["intermediate_size"],
         dropout=0.0,
         bias=False,
@@ -291,6 +298,9 @@ def _config_from_hf_llama(hf: dict, path: Path) -> GPTConfig:
         tie_embeddings=hf.get("tie_word_embeddings", False),
         init_std=hf.get("initializer_range", 0.02),
     )
+    if hf.get("head_dim", config.head_dim) != config.head_dim:  # checked after GPTConfig's own validation
+        raise FormatError(path, "head_dim * num_attention_heads != hidden_size is not supported")
+    return config
 
 
 def from_hf_llama(directory: str | Path) -> GPT:
@@ -335,7 +345,7 @@ def to_hf(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> st
 def from_hf(directory: str | Path) -> tuple[GPT, str]:
     """Import a Hugging Face GPT-2 or Llama directory by its config.json's model_type: (model, which)."""
     path = Path(directory) / "config.json"
-    model_type = read_json(path, what="HF config").get("model_type")
+    model_type = _read_hf_config(path).get("model_type")
     if model_type == "gpt2":
         return from_hf_gpt2(directory), "gpt2"
     if model_type == "llama":

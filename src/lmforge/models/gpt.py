@@ -91,6 +91,13 @@ class GPTConfig:
             )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
             raise ConfigError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}")
+        for name in ("dropout", "rope_theta", "norm_eps", "init_std"):  # numbers, from TOML or a foreign JSON
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"GPTConfig.{name} must be a number, got {value!r}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
         choices = {
