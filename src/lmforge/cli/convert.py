@@ -136,18 +136,16 @@ def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
 
 def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
     """Convert; return the model and a line about the tokenizer."""
-    from lmforge.models import GPT, checkpoint_meta
+    from lmforge.models.checkpoints import load_checkpoint
     from lmforge.models.convert import to_hf
     from lmforge.models.gpt import META_FILE
-    from lmforge.tokenizers import BPETokenizer, tokenizer_from_dict
+    from lmforge.tokenizers import BPETokenizer
     from lmforge.tokenizers.formats import export_hf
 
-    model = GPT.from_checkpoint(src)
-    meta = checkpoint_meta(src)
-    if "tokenizer" not in meta:
+    model, tokenizer, _ = load_checkpoint(src, require_tokenizer=False)
+    if tokenizer is None:
         to_hf(model, dst)
         return model, f"note: {src / META_FILE} has no tokenizer, so {dst} has the weights only"
-    tokenizer = tokenizer_from_dict(meta["tokenizer"], source=src / META_FILE)
     if not isinstance(tokenizer, BPETokenizer):
         to_hf(model, dst)
         return model, f"note: {tokenizer.kind} tokenizers have no HF form, so {dst} has the weights only"

@@ -8,10 +8,9 @@ The engine speaks token ids; this module adds what needs a tokenizer:
   of one so that a streamed stop string is never half-printed.
 - `stream_text` / `generate_texts`: run an `Engine` on string prompts; `generate`: the one-call
   convenience `lmforge.generate(ckpt_dir_or_model, "prompt", ...) -> str`.
-- `load_checkpoint`: a checkpoint directory -> (model, tokenizer) from its `meta.json`.
 
-Deliberately not here: sampling (sampling.py), batching and the KV cache (engine.py), chat
-conversation management (cli/generate.py).
+Deliberately not here: sampling (sampling.py), batching and the KV cache (engine.py), chat formats and
+conversation management (chat.py), reading checkpoints (`lmforge.models.checkpoints`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.errors import ConfigError, FormatError
+from lmforge.errors import ConfigError
 from lmforge.inference.engine import Engine
 from lmforge.inference.sampling import SamplingParams
 
@@ -183,23 +182,6 @@ def generate_texts(
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def load_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, Any]:
-    """A checkpoint directory -> (GPT in eval mode, its tokenizer from meta.json)."""
-    from lmforge.models import GPT, checkpoint_meta
-    from lmforge.tokenizers import tokenizer_from_dict
-
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        raise FormatError(ckpt_dir, "checkpoint directory not found")
-    meta = checkpoint_meta(ckpt_dir)
-    if "tokenizer" not in meta:
-        raise FormatError(
-            ckpt_dir / "meta.json",
-            "has no 'tokenizer'; generation needs the tokenizer the model was trained with",
-        )
-    return GPT.from_checkpoint(ckpt_dir).eval(), tokenizer_from_dict(meta["tokenizer"])
-
-
 def generate(
     ckpt_dir_or_model: str | Path | torch.nn.Module,
     prompt: str,
@@ -221,7 +203,9 @@ def generate(
     Generation ends after `max_new_tokens`, at the end-of-text token, or before the first stop string.
     """
     if isinstance(ckpt_dir_or_model, (str, Path)):
-        model, tokenizer = load_checkpoint(ckpt_dir_or_model)
+        from lmforge.models.checkpoints import load_checkpoint
+
+        model, tokenizer, _ = load_checkpoint(ckpt_dir_or_model)
     elif tokenizer is None:
         raise ConfigError("generate(model, ...) needs tokenizer=...; a checkpoint directory carries its own")
     else:
