@@ -13,9 +13,12 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ConfigError, FormatError
+
+if TYPE_CHECKING:
+    from lmforge.tokenizers import Tokenizer
 
 
 def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_tokens: int | str) -> None:
@@ -219,7 +222,7 @@ class _ChatFormat:
     the model wrote it, and the model simply continues the transcript.
     """
 
-    def __init__(self, tokenizer: Any, template: dict | None):
+    def __init__(self, tokenizer: Tokenizer, template: dict | None):
         self.tokenizer = tokenizer
         self.template = template
         if template is not None:

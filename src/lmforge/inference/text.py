@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmforge.errors import ConfigError, FormatError
 from lmforge.inference.engine import Engine
@@ -27,6 +27,8 @@ from lmforge.inference.sampling import SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+    from lmforge.tokenizers import Tokenizer
 
 
 class IncrementalDetokenizer:
@@ -37,7 +39,7 @@ class IncrementalDetokenizer:
     come out as U+FFFD, exactly as `bytes.decode("utf-8", errors="replace")` of the whole sequence.
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Tokenizer):
         self._decode_bytes = tokenizer.decode_bytes
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -105,21 +107,21 @@ class StopStrings:
         return best
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """Encode a user's prompt; special-token text such as "<|endoftext|>" becomes its special id."""
     if not prompt:
         raise ConfigError("the prompt is empty; give some text to continue")
     return tokenizer.encode(prompt, allowed_special="all")
 
 
-def default_stop_ids(tokenizer: Any) -> tuple[int, ...]:
+def default_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     """Generation ends at the end-of-text token when the tokenizer has one."""
     return () if tokenizer.eot_id is None else (tokenizer.eot_id,)
 
 
 def stream_text(
     engine: Engine,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompt: str | Sequence[int],
     params: SamplingParams,
     *,
@@ -158,7 +160,7 @@ def stream_text(
 
 def generate_texts(
     engine: Engine,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompts: Sequence[str],
     params: SamplingParams,
     *,
@@ -183,7 +185,7 @@ def generate_texts(
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def load_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+def load_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
     """A checkpoint directory -> (GPT in eval mode, its tokenizer from meta.json)."""
     from lmforge.models import GPT, checkpoint_meta
     from lmforge.tokenizers import tokenizer_from_dict
@@ -204,7 +206,7 @@ def generate(
     ckpt_dir_or_model: str | Path | torch.nn.Module,
     prompt: str,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     max_new_tokens: int = 100,
     temperature: float = 1.0,
     top_k: int | None = None,
