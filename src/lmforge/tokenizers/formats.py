@@ -3,9 +3,9 @@ byte-level BPE one), and `tokenizer_from_dict` for the `to_dict()` that datasets
 
 Our file's layout is described in base.py (which writes it); merge i creates id 256 + i (see bpe.py).
 Every way a file can be broken (missing, truncated, not JSON, wrong version or kind, inconsistent
-vocabulary) raises `FormatError` naming the file. This is the one module that knows every tokenizer
-class, so it sits above them: bpe.py and simple.py never import it. Deliberately not here: GPT-2,
-tiktoken and Hugging Face files (foreign.py).
+vocabulary) raises `FormatError` naming the file. It dispatches on the tokenizer kind, so it sits above
+every tokenizer module (bpe.py and simple.py never import it) and a new kind adds one branch here.
+Deliberately not here: GPT-2, tiktoken and Hugging Face files (foreign.py).
 """
 
 from __future__ import annotations
