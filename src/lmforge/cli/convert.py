@@ -3,7 +3,7 @@ checkpoint, tokenizer included, so that the result is directly usable (`lmforge 
 `GPT2LMHeadModel` / `LlamaForCausalLM.from_pretrained`).
 
 The weights and model config are converted by `lmforge.models.convert`, which knows nothing of text; the
-tokenizer is carried here, with the formats of `lmforge.tokenizers.formats`:
+tokenizer is carried here, with the readers and writers of `lmforge.tokenizers.foreign`:
   hf -> lmforge  HF's `tokenizer.json` in SRC, if it is a byte-level BPE (`from_hf_file`), else GPT-2-style
                  `vocab.json` + `merges.txt` (GPT-2's encoder.json + vocab.bpe under HF's names), go into
                  meta.json's "tokenizer" and "tokenizer_fingerprint", as the trainer stores them.
@@ -73,7 +73,7 @@ def _eot(tokenizer: BPETokenizer) -> str:
 def _read_gpt2_files(src: Path) -> BPETokenizer | None:
     """The BPETokenizer of GPT-2-style vocab.json + merges.txt in `src`, or None if neither file is there."""
     from lmforge.errors import FormatError
-    from lmforge.tokenizers.formats import gpt2_from_files
+    from lmforge.tokenizers.foreign import gpt2_from_files
 
     vocab, merges = src / VOCAB, src / MERGES
     if not vocab.exists() and not merges.exists():
@@ -94,7 +94,7 @@ def _read_gpt2_files(src: Path) -> BPETokenizer | None:
 def _import_hf_tokenizer(src: Path, vocab_size: int) -> tuple[BPETokenizer | None, str]:
     """The tokenizer in `src` (tokenizer.json first, else vocab.json + merges.txt) and a note on it."""
     from lmforge.errors import FormatError
-    from lmforge.tokenizers.formats import from_hf_file
+    from lmforge.tokenizers.foreign import from_hf_file
 
     tokenizer_json, skipped = src / HF_TOKENIZER, ""
     tokenizer, origin, path = None, HF_TOKENIZER, tokenizer_json
@@ -140,7 +140,7 @@ def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
     from lmforge.models.convert import to_hf
     from lmforge.models.gpt import META_FILE
     from lmforge.tokenizers import BPETokenizer
-    from lmforge.tokenizers.formats import export_hf
+    from lmforge.tokenizers.foreign import export_hf
 
     model, tokenizer, _ = load_checkpoint(src, require_tokenizer=False)
     if tokenizer is None:

@@ -13,9 +13,12 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ConfigError, FormatError
+
+if TYPE_CHECKING:
+    pass
 
 
 def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_tokens: int | str) -> None:

@@ -25,7 +25,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge import __version__
 from lmforge.data.clean import FILTER_NAMES, CleanConfig, failed_filter, normalize_text
@@ -43,6 +43,9 @@ from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, spli
 from lmforge.errors import ConfigError, DataError
 from lmforge.fileio import atomic_write_json, atomic_write_text, replace_dir
 
+if TYPE_CHECKING:
+    from lmforge.tokenizers import Tokenizer
+
 JOB_BYTES = 2_000_000  # text per encoding job: large enough to keep tiktoken's threads busy, small for RAM
 _LENGTH = struct.Struct("<Q")  # spool record header: byte length of the document that follows
 
@@ -50,7 +53,7 @@ _LENGTH = struct.Struct("<Q")  # spool record header: byte length of the documen
 def prepare(
     sources: Sequence[str],
     *,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     out: str | Path,
     text_field: str = "text",
     on_bad_record: OnBadRecord = "skip",
@@ -192,7 +195,7 @@ def _spool_documents(path: Path) -> Iterator[tuple[str, int]]:
 
 
 def _encode_spool(
-    work: Path, tokenizer: Any, codes: Any, *, dtype: str, workers: int, verbose: bool
+    work: Path, tokenizer: Tokenizer, codes: Any, *, dtype: str, workers: int, verbose: bool
 ) -> dict[str, dict[str, int]]:
     """Pass 2: spool -> <split>.bin files. Returns splits.{name}.{documents,tokens,bytes}."""
     from tqdm import tqdm

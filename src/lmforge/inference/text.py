@@ -18,7 +18,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmforge.errors import ConfigError
 from lmforge.inference.engine import Engine
@@ -26,6 +26,8 @@ from lmforge.inference.sampling import SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+    from lmforge.tokenizers import Tokenizer
 
 
 class IncrementalDetokenizer:
@@ -36,7 +38,7 @@ class IncrementalDetokenizer:
     come out as U+FFFD, exactly as `bytes.decode("utf-8", errors="replace")` of the whole sequence.
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Tokenizer):
         self._decode_bytes = tokenizer.decode_bytes
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -104,21 +106,21 @@ class StopStrings:
         return best
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """Encode a user's prompt; special-token text such as "<|endoftext|>" becomes its special id."""
     if not prompt:
         raise ConfigError("the prompt is empty; give some text to continue")
     return tokenizer.encode(prompt, allowed_special="all")
 
 
-def default_stop_ids(tokenizer: Any) -> tuple[int, ...]:
+def default_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     """Generation ends at the end-of-text token when the tokenizer has one."""
     return () if tokenizer.eot_id is None else (tokenizer.eot_id,)
 
 
 def stream_text(
     engine: Engine,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompt: str | Sequence[int],
     params: SamplingParams,
     *,
@@ -157,7 +159,7 @@ def stream_text(
 
 def generate_texts(
     engine: Engine,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompts: Sequence[str],
     params: SamplingParams,
     *,
@@ -186,7 +188,7 @@ def generate(
     ckpt_dir_or_model: str | Path | torch.nn.Module,
     prompt: str,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     max_new_tokens: int = 100,
     temperature: float = 1.0,
     top_k: int | None = None,

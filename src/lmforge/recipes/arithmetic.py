@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from lmforge.fileio import atomic_write_json
 from lmforge.models.gpt import IGNORE_INDEX
 from lmforge.tokenizers.special import ENDOFTEXT
 from lmforge.training.config import ModelSection, OptimSection, TrainSection
+
+if TYPE_CHECKING:
+    from lmforge.tokenizers import CharTokenizer, Tokenizer
 
 OPERATORS = ("+", "-", "*")
 END = ENDOFTEXT  # ends every answer
@@ -276,7 +279,7 @@ def check_disjoint(splits: Splits) -> None:
 # tokenizer and batches
 
 
-def arithmetic_tokenizer() -> Any:
+def arithmetic_tokenizer() -> CharTokenizer:
     """The task's `CharTokenizer`: ids 0..16 for the characters of `CHARS`, then the end and pad tokens."""
     from lmforge.tokenizers import CharTokenizer
 
@@ -284,7 +287,7 @@ def arithmetic_tokenizer() -> Any:
 
 
 def encode_problems(
-    problems: Sequence[Problem], tokenizer: Any, *, reverse: bool, scratchpad: bool, length: int
+    problems: Sequence[Problem], tokenizer: Tokenizer, *, reverse: bool, scratchpad: bool, length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token rows and loss targets for whole problems, one problem per row.
 
@@ -374,7 +377,7 @@ def greedy_generator(model: Any, *, end_id: int) -> Generate:
 
 
 def exact_match(
-    generate: Generate, problems: Sequence[Problem], tokenizer: Any, *, reverse: bool, scratchpad: bool
+    generate: Generate, problems: Sequence[Problem], tokenizer: Tokenizer, *, reverse: bool, scratchpad: bool
 ) -> float:
     """Fraction of problems whose generated final answer equals the true result exactly.
 
@@ -396,7 +399,7 @@ def exact_match(
 def evaluate_buckets(
     model: Any,
     sets: dict[tuple[str, int], list[Problem]],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     reverse: bool,
     scratchpad: bool,
