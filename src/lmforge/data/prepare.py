@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import sys
 import time
 from array import array
 from collections import deque
@@ -148,12 +147,12 @@ def _read_clean_dedup(
     readers: list[SourceReader], spool_path: Path, clean: CleanConfig, dedup: DedupConfig, seed: int,
     verbose: bool,
 ) -> _Kept:
-    from tqdm import tqdm
+    from lmforge.progress import progress_bar
 
     kept = _Kept()
     deduplicator = Deduplicator(dedup)
     n_bytes = 0
-    bar = tqdm(desc="read, clean, dedup", unit=" docs", disable=not verbose, file=sys.stderr, mininterval=0.5)
+    bar = progress_bar(desc="read, clean, dedup", unit=" docs", disable=not verbose, mininterval=0.5)
     start = time.perf_counter()
     with bar, open(spool_path, "wb") as spool:
         for reader in readers:
@@ -198,14 +197,14 @@ def _encode_spool(
     work: Path, tokenizer: Tokenizer, codes: Any, *, dtype: str, workers: int, verbose: bool
 ) -> dict[str, dict[str, int]]:
     """Pass 2: spool -> <split>.bin files. Returns splits.{name}.{documents,tokens,bytes}."""
-    from tqdm import tqdm
+    from lmforge.progress import progress_bar
 
     names = {code: name for name, code in SPLIT_CODES.items()}
     counts = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
     spool = work / "documents.spool"
-    bar = tqdm(
+    bar = progress_bar(
         desc="tokenize", total=spool.stat().st_size, unit="B", unit_scale=True, disable=not verbose,
-        file=sys.stderr, mininterval=0.5,
+        mininterval=0.5,
     )
 
     job_sizes: deque[tuple[int, int]] = deque()  # (documents, bytes) of each job handed to the encoder

@@ -144,7 +144,7 @@ def train_merges(
     Example: {"aaabdaaabac": 1}, n_merges=3 -> [(97, 97), (97, 98), (256, 257)]: "aa" -> 256 (Z),
     "ab" -> 257 (Y), "aaab" = Z+Y -> 258 (X), the classic Wikipedia example with byte-level ids.
     """
-    from tqdm.auto import tqdm
+    from lmforge.progress import progress_bar
 
     words: list[list[int]] = []  # each distinct chunk as a list of token ids
     freqs: list[int] = []  # how often that chunk occurs in the corpus
@@ -169,7 +169,7 @@ def train_merges(
     token_bytes = [bytes([b]) for b in range(256)]
     known = set(token_bytes)
     merges: list[tuple[int, int]] = []
-    bar = tqdm(total=n_merges, unit="merge", desc="BPE merges", disable=not progress, mininterval=0.5)
+    bar = progress_bar(total=n_merges, unit="merge", desc="BPE merges", disable=not progress, mininterval=0.5)
     while len(merges) < n_merges and heap:
         negative_count, key = heapq.heappop(heap)
         count = pair_counts[key]
