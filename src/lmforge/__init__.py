@@ -7,7 +7,7 @@ that `import lmforge` stays cheap for the command line.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from lmforge.version import __version__
 
 __all__ = ["__version__", "generate", "seed_everything"]
 

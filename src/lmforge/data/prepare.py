@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge import __version__
 from lmforge.data.clean import FILTER_NAMES, CleanConfig, failed_filter, normalize_text
 from lmforge.data.dedup import DedupConfig, Deduplicator
 from lmforge.data.shards import (
@@ -41,6 +40,7 @@ from lmforge.data.sources import OnBadRecord, SourceReader
 from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, split_key
 from lmforge.errors import ConfigError, DataError
 from lmforge.fileio import atomic_write_json, atomic_write_text, replace_dir
+from lmforge.version import __version__
 
 if TYPE_CHECKING:
     from lmforge.tokenizers import Tokenizer
