@@ -242,7 +242,16 @@ def test_bad_adapter_tensors_are_a_format_error(tmp_path):
     save_adapter(apply_lora(copy.deepcopy(base), rank=4), tmp_path)
     record = json.loads((tmp_path / "adapter.json").read_text())
     (tmp_path / "adapter.json").write_text(json.dumps(record | {"rank": 2}))
+    fresh = copy.deepcopy(base)
     with pytest.raises(FormatError, match="has shape"):
+        load_adapter(fresh, tmp_path)
+    assert not lora_modules(fresh)  # checked before the model is touched
+    # a non-finite tensor
+    model = apply_lora(copy.deepcopy(base), rank=4)
+    with torch.no_grad():
+        model.lm_head.lora_B[0, 0] = float("nan")
+    save_adapter(model, tmp_path)
+    with pytest.raises(FormatError, match="NaN"):
         load_adapter(copy.deepcopy(base), tmp_path)
 
 

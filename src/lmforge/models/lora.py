@@ -378,13 +378,14 @@ def load_adapter(
     """Load a `save_adapter` directory onto `model` (applying LoRA with the recorded settings if the model
     has none yet), in place; returns `model`.
 
-    The base is checked first: `base_fingerprint` (None: `weights_fingerprint` of the model) must equal
-    the recorded one, else FormatError. Missing, extra, misshapen or non-finite tensors are FormatErrors.
+    Everything is checked before the model is touched: `base_fingerprint` (None: `weights_fingerprint` of
+    the model) must equal the recorded one, and the tensors must be exactly the ones the recorded targets
+    and rank need, finite; any mismatch is a FormatError naming the file.
     """
     directory = Path(directory)
-    config_path = directory / ADAPTER_CONFIG_FILE
+    config_path, weights_path = directory / ADAPTER_CONFIG_FILE, directory / ADAPTER_WEIGHTS_FILE
     record = read_adapter_config(directory)
-    extras = record["trained_parameters"]
+    rank, extras = record["rank"], record["trained_parameters"]
     if base_fingerprint is None:
         base_fingerprint = weights_fingerprint(model, exclude=extras)
     if base_fingerprint != record["base_fingerprint"]:
@@ -393,44 +394,54 @@ def load_adapter(
             f"this adapter was made for base weights {record['base_fingerprint'][:12]}, but the model's are "
             f"{base_fingerprint[:12]}; load it onto the checkpoint it was trained from",
         )
-    tensors = load_safetensors(directory / ADAPTER_WEIGHTS_FILE, what="adapter weights")
-    weights_path = directory / ADAPTER_WEIGHTS_FILE
     existing = lora_modules(model)
-    if not existing:
+    if existing:
+        if list(existing) != record["targets"] or {m.rank for m in existing.values()} != {rank}:
+            raise ConfigError(
+                f"the model already has different LoRA adapters than {config_path} (load onto a fresh model)"
+            )
+        if any(m.merged for m in existing.values()):
+            raise ConfigError("the model's adapters are merged; unmerge_lora before loading adapter weights")
+        chosen = {name: m.splits for name, m in existing.items()}
+    else:
         try:
-            apply_lora(model, record["rank"], record["alpha"], record["targets"], record["dropout"])
+            chosen = resolve_targets(model, record["targets"])
         except ConfigError as e:
             raise FormatError(config_path, f"adapter does not fit this model: {e}") from None
-    elif list(existing) != record["targets"] or {m.rank for m in existing.values()} != {record["rank"]}:
-        raise ConfigError(
-            f"the model already has different LoRA adapters than {config_path} (load onto a fresh model)"
-        )
-    elif any(m.merged for m in existing.values()):
-        raise ConfigError("the model's adapters are merged; unmerge_lora before loading new adapter weights")
-    modules = lora_modules(model)
+        if list(chosen) != record["targets"]:
+            raise FormatError(
+                config_path, "adapter does not fit this model: its targets select other modules"
+            )
     params = dict(model.named_parameters())
-    expected = {f"{n}.{part}": getattr(m, part) for n, m in modules.items() for part in ("lora_A", "lora_B")}
-    missing_extras = [n for n in extras if n not in params]
-    if missing_extras:
-        raise FormatError(config_path, f"trained parameter {missing_extras[0]!r} is not in this model")
-    expected |= {n: params[n] for n in extras}
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, splits in chosen.items():
+        linear = model.get_submodule(name)
+        shapes[f"{name}.lora_A"] = (len(splits) * rank, linear.in_features)
+        shapes[f"{name}.lora_B"] = (linear.out_features, rank)
+    for name in extras:
+        if name not in params or _is_lora_tensor(name):
+            raise FormatError(config_path, f"trained parameter {name!r} is not a parameter of this model")
+        shapes[name] = tuple(params[name].shape)
+    tensors = load_safetensors(weights_path, what="adapter weights")
+    missing, unexpected = sorted(set(shapes) - set(tensors)), sorted(set(tensors) - set(shapes))
     if missing or unexpected:
         raise FormatError(
             weights_path,
             f"tensors do not match adapter.json (missing: {missing[:3]}, unexpected: {unexpected[:3]})",
         )
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
+        if tuple(tensor.shape) != shapes[name]:
             raise FormatError(
-                weights_path,
-                f"{name} has shape {tuple(tensor.shape)}, the model needs {tuple(expected[name].shape)}",
+                weights_path, f"{name} has shape {tuple(tensor.shape)}, the model needs {shapes[name]}"
             )
         if not torch.isfinite(tensor).all():
             raise FormatError(weights_path, f"{name} contains NaN or infinite values")
+    if not existing:
+        apply_lora(model, rank, record["alpha"], record["targets"], record["dropout"])
+        params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in tensors.items():
-            expected[name].copy_(tensor)
+            params[name].copy_(tensor)
     for name in extras:
         params[name].requires_grad_(True)
     return model
