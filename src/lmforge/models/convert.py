@@ -368,16 +368,6 @@ def from_hf(directory: str | Path) -> tuple[GPT, str]:
 # LoRA adapters in peft's layout
 
 
-def _block_diagonal(B: torch.Tensor, splits: list[int], rank: int) -> torch.Tensor:
-    """(out, rank) B stacked by parts -> (out, parts * rank) with part i's rows in column block i."""
-    out = torch.zeros(B.size(0), len(splits) * rank, dtype=B.dtype, device=B.device)
-    row = 0
-    for i, size in enumerate(splits):
-        out[row : row + size, i * rank : (i + 1) * rank] = B[row : row + size]
-        row += size
-    return out
-
-
 def to_peft_adapter(model: GPT, directory: str | Path) -> str:
     """Write the LoRA adapters of `model` as `adapter_config.json` + `adapter_model.safetensors` that
     `peft.PeftModel.from_pretrained` loads onto the `to_hf` export of the same model; returns which
@@ -416,7 +406,7 @@ def to_peft_adapter(model: GPT, directory: str | Path) -> str:
         A, B = module.lora_A, module.lora_B
         if architecture == "gpt2":
             if len(module.splits) > 1:  # the fused c_attn: one rank-3r adapter
-                put(name, A, _block_diagonal(B, module.splits, rank))
+                put(name, A, module.block_B())  # (3 n_embd, 3 rank)
                 rank_pattern["c_attn"] = len(module.splits) * rank
                 alpha_pattern["c_attn"] = len(module.splits) * alpha
             else:
