@@ -14,7 +14,7 @@ Fused projections get one adapter per part: the attention's `c_attn` computes [q
 each of q, k and v gets its own (A_i, B_i) of rank `rank` (as litgpt's LoRAQKVLinear, or separate
 W_query/W_key/W_value layers each with LoRA). They are stored stacked, A = [A_q; A_k; A_v]
 (3 rank, in) and B = [B_q; B_k; B_v] (out, rank) where the rows of B_i only see the i-th rank-chunk of
-A x, i.e. the update is B_blockdiag A with B_blockdiag = diag(B_q, B_k, B_v). The number of trainable
+A x, i.e. the update is diag(B_q, B_k, B_v) A. The number of trainable
 values is therefore sum over adapted projections of rank * (in + out), with q, k and v counted as three
 projections (k and v narrower under grouped-query attention).
 
@@ -96,9 +96,8 @@ class LoRALinear(nn.Linear):
         y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
             return y
-        h = (
-            F.linear(self.lora_dropout(x), self.lora_A) * self.scaling
-        )  # (..., parts * rank), scaled while narrow
+        # (..., parts * rank), scaled here where it is narrow rather than after B
+        h = F.linear(self.lora_dropout(x), self.lora_A) * self.scaling
         return y + F.linear(h, self.block_B())  # (..., out)
 
     def block_B(self) -> torch.Tensor:
