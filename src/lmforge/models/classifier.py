@@ -43,7 +43,7 @@ class GPTClassifier(nn.Module):
         self._check(num_classes, pooling)
         self.pooling = pooling
         self.backbone = GPT(config)
-        self.head = nn.Linear(config.n_embd, num_classes)
+        self.head = _new_head(config, num_classes, like=self.backbone.transformer.wte.weight)
 
     @staticmethod
     def _check(num_classes: int, pooling: str) -> None:
@@ -55,14 +55,11 @@ class GPTClassifier(nn.Module):
     @classmethod
     def from_lm(cls, gpt: GPT, num_classes: int, pooling: str = "last") -> GPTClassifier:
         """A classifier whose backbone IS `gpt` (no copy: training the classifier changes `gpt`) with a
-        fresh head, initialised like the GPT's Linears (N(0, init_std), zero bias)."""
+        fresh head on the GPT's device and dtype."""
         with torch.device("meta"):  # build the shell without allocating a second backbone
             model = cls(gpt.config, num_classes, pooling)
         model.backbone = gpt
-        weight = gpt.transformer.wte.weight
-        model.head = nn.Linear(gpt.config.n_embd, num_classes, device=weight.device, dtype=weight.dtype)
-        nn.init.normal_(model.head.weight, std=gpt.config.init_std)
-        nn.init.zeros_(model.head.bias)
+        model.head = _new_head(gpt.config, num_classes, like=gpt.transformer.wte.weight)
         return model
 
     def forward(
@@ -100,6 +97,14 @@ class GPTClassifier(nn.Module):
             return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C)
         weights = mask.to(h.dtype)[:, :, None]  # (B, T, 1)
         return (h * weights).sum(dim=1) / lengths[:, None].to(h.dtype)
+
+
+def _new_head(config: GPTConfig, num_classes: int, *, like: torch.Tensor) -> nn.Linear:
+    """Linear(n_embd, num_classes) initialised as the GPT's Linears: N(0, init_std), zero bias."""
+    head = nn.Linear(config.n_embd, num_classes, device=like.device, dtype=like.dtype)
+    nn.init.normal_(head.weight, std=config.init_std)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def set_trainable(
