@@ -287,7 +287,7 @@ def weights_fingerprint(model: nn.Module, *, exclude: Sequence[str] = ()) -> str
             continue
         tensor = state[name].detach().contiguous().cpu()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, no copy
     return digest.hexdigest()
 
 
