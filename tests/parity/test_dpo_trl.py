@@ -6,9 +6,10 @@ LM head returns. So the test calls that method unbound with the minimum it reads
 carrying a real `DPOConfig`'s settings (beta, loss_type ["sigmoid"], f_divergence "reverse_kl", ...), an
 accelerator whose gathers are the identity, and a stand-in model returning the per-token log-probs whose
 sums are the policy's sequence log-probs (with `precompute_ref_log_probs`, the reference log-probs come
-in the batch). The loss is returned; the per-example rewards are checked through the means trl logs
-(rewards/chosen, rewards/rejected, rewards/margins). Sequence log-probs are checked against trl's
-`selective_log_softmax` with its shifted completion-mask convention.
+in the batch). The loss is returned; the rewards are checked through what trl logs (the batch means of
+rewards/chosen, rewards/rejected and rewards/margins, and each pair's own rewards from a batch of one).
+Sequence log-probs are checked against trl's `selective_log_softmax` with its shifted completion-mask
+convention.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def test_dpo_loss_and_rewards_match_trl(tmp_path, beta):
     assert margins == pytest.approx(metrics["rewards/margins"][0], rel=1e-6)
     accuracy = (chosen_rewards > rejected_rewards).float().mean().item()
     assert accuracy == pytest.approx(metrics["rewards/accuracies"][0])
+    for i in range(2):  # per example: trl on a batch of one pair logs that pair's rewards themselves
+        _, single = _trl_dpo(*(x[i : i + 1] for x in logps), beta=beta, tmp_path=tmp_path)
+        assert chosen_rewards[i].item() == pytest.approx(single["rewards/chosen"][0], rel=1e-6)
+        assert rejected_rewards[i].item() == pytest.approx(single["rewards/rejected"][0], rel=1e-6)
 
 
 def test_sequence_logprobs_match_trl_selective_log_softmax():
