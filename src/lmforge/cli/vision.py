@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config configs/mnist-transfer.toml",
     )
     x.add_argument("--pretrained", required=True, metavar="DIR", help="classifier checkpoint to start from")
+    x.add_argument(
+        "--head-lr", type=float, default=1e-2, help="learning rate of (a), the head alone (default: 1e-2)"
+    )
     _config_options(x, "configs/mnist-transfer.toml")
     x.set_defaults(func=run_transfer)
 
@@ -142,7 +145,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     if args.print_config:
         print(vision_config_toml(config), end="")
         return 0
-    rows = transfer_table(args.pretrained, config)
+    rows = transfer_table(args.pretrained, config, head_lr=args.head_lr)
     print("| mode | test accuracy | trainable parameters | train s |")
     print("|---|---:|---:|---:|")
     for row in rows:

@@ -253,6 +253,8 @@ def train_generative(config: GenerativeRunConfig) -> dict[str, Any]:
     (out / "samples").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.toml", generative_config_toml(config))
     device = resolve_device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
     model = build_generative(mc).to(device)
     model.train()
     batches = ImageBatches(

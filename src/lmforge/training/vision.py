@@ -111,6 +111,9 @@ class ImageTrainSection:
     device: str = "auto"
     # seed of the weights, the batch order and the augmentation
     seed: int = 1337
+    # intra-op CPU threads (torch.set_num_threads); 0 = torch's default. On a CPU shared with other jobs,
+    # 1 avoids OpenMP spin-waits (3-4x faster per step measured on a loaded 2-core machine)
+    threads: int = 0
     # write TensorBoard events into out_dir/events
     tensorboard: bool = True
     # show a tqdm progress bar
@@ -118,7 +121,13 @@ class ImageTrainSection:
 
     def __post_init__(self) -> None:
         s = "train"
-        for name, low in (("max_iters", 1), ("batch_size", 1), ("eval_interval", 0), ("log_interval", 1)):
+        for name, low in (
+            ("max_iters", 1),
+            ("batch_size", 1),
+            ("eval_interval", 0),
+            ("log_interval", 1),
+            ("threads", 0),
+        ):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= low, s, name, value, f"use an integer >= {low}")
 
@@ -210,6 +219,8 @@ def fit_classifier(
     """
     train, optim, data = config.train, config.optim, config.data
     device = resolve_device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
     model.to(device)
     if head_only:
         model.requires_grad_(False)
