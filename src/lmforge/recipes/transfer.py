@@ -86,6 +86,7 @@ def transfer_table(
             "train_images": len(train_set),
             "test_images": len(test_set),
             "steps": config.train.max_iters,
+            "head_lr": head_lr,
             "rows": rows,
         },
     )

