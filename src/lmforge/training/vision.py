@@ -77,6 +77,15 @@ class ImageDataSection:
         s = "data"
         _check(self.dataset in DATASETS, s, "dataset", self.dataset, f"choose one of {sorted(DATASETS)}")
         _check(isinstance(self.root, str), s, "root", self.root, "use a path or ''")
+        for name in ("mean", "std", "test_fraction"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                s,
+                name,
+                value,
+                "use a number",
+            )
         _check(self.std > 0, s, "std", self.std, "use a positive number")
         _check(
             isinstance(self.crop_padding, int) and self.crop_padding >= 0,
