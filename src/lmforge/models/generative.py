@@ -358,25 +358,24 @@ class Diffusion(nn.Module):
                 x = x + variance.sqrt().float() * torch.randn(x.shape, generator=generator).to(device)
         return x
 
+    def ddim_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+        """One deterministic DDIM step (eta = 0) from step t to t_prev (-1: the clean image, abar = 1):
+        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat."""
+        abar = self.alpha_bar[t].float()
+        abar_prev = self.alpha_bar[t_prev].float() if t_prev >= 0 else torch.ones((), device=x_t.device)
+        x0 = self._x0_from_eps(x_t, eps, abar)
+        return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+
     @torch.no_grad()
     def sample_ddim(self, n: int, *, steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) over `steps` evenly spaced time steps:
-        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat."""
+        """DDIM over `steps` evenly spaced time steps, e.g. T = 400, steps = 4: 399, 266, 133, 0."""
         if not 1 <= steps <= self.timesteps:
             raise ConfigError(f"DDIM steps must be in [1, {self.timesteps}], got {steps}")
         device = self.betas.device
-        times = (
-            torch.linspace(self.timesteps - 1, 0, steps).round().long().tolist()
-        )  # e.g. T=400, 4: 399 266 133 0
+        times = torch.linspace(self.timesteps - 1, 0, steps).round().long().tolist()
         x = torch.randn(n, *self.shape, generator=generator).to(device)
-        for i, t in enumerate(times):
-            abar = self.alpha_bar[t].float()
-            abar_prev = (
-                self.alpha_bar[times[i + 1]].float() if i + 1 < len(times) else torch.ones((), device=device)
-            )
-            eps = self.net(x, torch.full((n,), t, device=device))
-            x0 = self._x0_from_eps(x, eps, abar)
-            x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+        for t, t_prev in zip(times, [*times[1:], -1], strict=True):
+            x = self.ddim_step(x, self.net(x, torch.full((n,), t, device=device)), t, t_prev)
         return x
 
 
