@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of the image choice and the samples (default: 0)"
     )
     f.add_argument("--root", default="", help="data directory, if not the data set's default place")
+    f.add_argument("--device", default="cpu", help="torch device for the models, e.g. cuda (default: cpu)")
     f.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     f.set_defaults(func=run_fid)
 
@@ -126,7 +127,12 @@ def run_fid(args: argparse.Namespace) -> int:
     from lmforge.fileio import atomic_write_json
 
     rows = fid_table(
-        args.classifier, args.generator, num_images=args.num_images, seed=args.seed, root=args.root
+        args.classifier,
+        args.generator,
+        num_images=args.num_images,
+        seed=args.seed,
+        root=args.root,
+        device=args.device,
     )
     print(f"| source | FID ({args.num_images} images vs {args.num_images} training images) | sampling s |")
     print("|---|---:|---:|")

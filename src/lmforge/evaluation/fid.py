@@ -87,6 +87,7 @@ def fid_table(
     num_images: int = 2000,
     seed: int = 0,
     root: str = "",
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """FID of the test split and of each generator's samples, all against `num_images` training images.
 
@@ -100,6 +101,7 @@ def fid_table(
     from lmforge.models.vision import load_classifier
 
     classifier, _, meta = load_classifier(classifier_dir)
+    classifier.to(device)
     mean, std = meta["mean"], meta["std"]
     rng = np.random.default_rng(seed)
     train = load_dataset(meta["dataset"], "train", root=root, seed=seed)
@@ -121,6 +123,7 @@ def fid_table(
     ]
     for directory in generator_dirs:
         model, config, _ = load_generative(directory)
+        model.to(device)
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         batches = []
