@@ -1,6 +1,9 @@
 """lmforge.models: the GPT language model (`gpt.py`), its layers (`layers.py`), the sequence classifier
 built on it (`classifier.py`), LoRA adapters (`lora.py`) and HF weight conversion (`convert.py`).
 
+Image models live in `vision.py` (CNN, ResNet, ViT) and `generative.py` (VAE, GAN, DDPM); import them
+from there.
+
 `from lmforge.models import GPT, GPTConfig, GPTClassifier, checkpoint_meta`.
 """
 
