@@ -319,7 +319,7 @@ def to_hf_dict(tokenizer: BPETokenizer) -> dict:
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": False,
-            "vocab": {name: token_id for token_id, name in enumerate(names)},
+            "vocab": {name: token_id for token_id, name in enumerate(names) if name},  # "": a special token
             "merges": [[names[left], names[right]] for left, right in tokenizer.merges],
         },
     }
