@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 ARCHITECTURES = ("llama", "gpt2")
 DTYPES = ("f32", "f16", "q8_0")
 MAGIC = b"GGUF"
+JINJA_TEMPLATE_KEY = "chat_template_jinja"  # in a checkpoint's meta.json
 
 # lmforge options of the two architectures (a GPT with all of these is written as that architecture)
 LLAMA_BLOCK = {
@@ -282,7 +283,9 @@ def load_gguf(
     meta is ready for `GPT.save_checkpoint(meta=...)`: "converted_from" ("gguf-llama"), "gguf" (the
     file's general.* name and file type), and when the file has them "tokenizer" (its to_dict()),
     "tokenizer_fingerprint", "bos_token" / "eos_token" / "pad_token" (token strings) and
-    "chat_template" (Jinja source). The tokenizer is None for a file without tokenizer metadata.
+    "chat_template_jinja" (`tokenizer.chat_template`'s Jinja source; a key of its own because meta.json's
+    "chat_template" is lmforge's simpler per-role format). The tokenizer is None for a file without
+    tokenizer metadata.
     """
     from lmforge.tokenizers.gguf_vocab import tokenizer_from_gguf
 
@@ -309,7 +312,7 @@ def load_gguf(
     if template is not None:
         if not isinstance(template, str):
             raise FormatError(path, "GGUF tokenizer.chat_template is not a string")
-        meta["chat_template"] = template
+        meta[JINJA_TEMPLATE_KEY] = template
     return model, tokenizer, meta
 
 
