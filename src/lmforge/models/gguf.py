@@ -129,6 +129,11 @@ def _key(metadata: dict[str, Any], key: str, kind: type | tuple[type, ...], path
     return value
 
 
+def _float32(value: float) -> float:
+    """A float32 metadata value as the shortest decimal that gives it back: 9.999999747378752e-06 -> 1e-05."""
+    return float(str(np.float32(value)))
+
+
 def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str], path: str | Path) -> GPTConfig:
     """The GPTConfig of a llama or gpt2 GGUF file; a missing key or an option lmforge lacks (RoPE
     scaling, partial rotary, another head size) is a FormatError naming the file and the key."""
@@ -160,7 +165,7 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str], path: str
                 vocab_size=vocab_size,
                 **common,
                 **GPT2_BLOCK,
-                norm_eps=_key(metadata, "gpt2.attention.layer_norm_epsilon", float, path),
+                norm_eps=_float32(_key(metadata, "gpt2.attention.layer_norm_epsilon", float, path)),
             )
         scaling = metadata.get("llama.rope.scaling.type", "none")
         if scaling != "none":
@@ -172,8 +177,8 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str], path: str
             **common,
             **LLAMA_BLOCK,
             n_kv_head=metadata.get("llama.attention.head_count_kv", n_head),
-            rope_theta=metadata.get("llama.rope.freq_base", 10000.0),
-            norm_eps=_key(metadata, "llama.attention.layer_norm_rms_epsilon", float, path),
+            rope_theta=_float32(metadata.get("llama.rope.freq_base", 10000.0)),
+            norm_eps=_float32(_key(metadata, "llama.attention.layer_norm_rms_epsilon", float, path)),
         )
     except ConfigError as e:
         raise FormatError(path, f"GGUF hyperparameters: {e}") from None
