@@ -205,6 +205,7 @@ def test_llama_f32_matches_source_and_transformers_gguf_loader(tmp_path, vocab, 
     torch.testing.assert_close(logits(model, ids), logits(theirs, ids), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits(model, ids), logits(hf, ids), rtol=1e-4, atol=1e-5)
     assert greedy(model, ids[:1], 6) == greedy(theirs, ids[:1], 6)
+    torch.testing.assert_close(logits(GPT.from_gguf(path), ids), logits(model, ids), rtol=0, atol=0)
     assert meta["chat_template_jinja"] == TEMPLATE
     assert (meta["bos_token"], meta["eos_token"]) == ("<|im_start|>", "<|im_end|>")
 

@@ -234,9 +234,10 @@ def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
     shape = tuple(int(n) for n in reversed(tensor.shape))
     if values.size != int(np.prod(shape)):
         raise FormatError(path, f"tensor {tensor.name!r} holds {values.size} values, not {shape}")
-    return torch.from_numpy(
-        np.array(values, dtype=np.float32).reshape(shape)
-    )  # a copy: the file is read-only
+    values = np.asarray(values, dtype=np.float32).reshape(shape)
+    if not values.flags.writeable:  # F32 tensors are views of the read-only file
+        values = values.copy()
+    return torch.from_numpy(values)
 
 
 def read_gguf_weights(reader: Any, config: GPTConfig, arch: str, path: str | Path) -> dict[str, torch.Tensor]:

@@ -419,6 +419,14 @@ class GPT(nn.Module):
         model.load_state_dict(tensors, strict=False)  # strict=False only for the tied head, checked above
         return model.to(map_location)
 
+    @classmethod
+    def from_gguf(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> GPT:
+        """The model of a llama or gpt2 GGUF file, dequantized to `dtype` (`lmforge.models.gguf.load_gguf`
+        also returns its tokenizer and chat template)."""
+        from lmforge.models.gguf import load_gguf
+
+        return load_gguf(path, dtype=dtype)[0]
+
 
 def checkpoint_meta(directory: str | Path) -> dict[str, Any]:
     """Read and validate a model checkpoint's `meta.json` (FormatError naming the file if anything is off)."""
