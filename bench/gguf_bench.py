@@ -121,37 +121,45 @@ def main() -> None:
         del runners
         same = sum(a == b for a, b in zip(outputs["lmforge"], outputs["transformers"], strict=True))
         for peer, (first, rate) in best.items():
-            seconds, peak = load_in_fresh_process(peer, name)
+            seconds, peak, before = load_in_fresh_process(peer, name)
             ratio = rate / best["transformers"][1]
             print(
                 f"  {name} {peer:12s} decode {rate:5.1f} tok/s = {ratio:4.2f}x transformers  "
-                f"TTFT {1000 * first:5.0f} ms  load {seconds:5.1f} s  peak RSS {peak:5.0f} MiB"
+                f"TTFT {1000 * first:5.0f} ms  load {seconds:5.1f} s  "
+                f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
             )
         print(f"  {name} greedy tokens equal to transformers': {same}/{n}")
 
 
-def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float]:
-    """(load seconds, peak RSS MiB of the whole process) of loading the model in a new interpreter (after
-    importing torch and the loader, which are timed out), so that memory freed earlier does not hide any."""
+def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
+    """(load seconds, peak RSS MiB of the whole process, RSS MiB before loading) of loading the model in a
+    new interpreter (after importing torch and the loader, which are timed out), so that memory freed earlier
+    does not hide any.
+    The peak is the kernel's VmHWM (Linux), which starts afresh at exec, unlike ru_maxrss."""
     import json
     import subprocess
     import sys
 
     code = f"""
-import json, resource, time, torch, transformers
+import json, time, torch, transformers
 from lmforge.models.gguf import load_gguf, smollm2_gguf_path
 path, dtype = smollm2_gguf_path(), {{"bf16": torch.bfloat16, "fp32": torch.float32}}["{dtype}"]
+def status():
+    lines = (line.split(":", 1) for line in open("/proc/self/status"))
+    return {{k: int(v.split()[0]) / 1024 for k, v in lines if k in ("VmRSS", "VmHWM")}}
+before = status()["VmRSS"]
 start = time.perf_counter()
 if "{peer}" == "lmforge":
     load_gguf(path, dtype=dtype)
 else:
     transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
         quantization_config=transformers.GgufConfig(dequantize=True))
-print(json.dumps([time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))
+seconds = time.perf_counter() - start
+print(json.dumps([seconds, status()["VmHWM"], before]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    seconds, peak = json.loads(out.strip().splitlines()[-1])
-    return seconds, peak
+    seconds, peak, before = json.loads(out.strip().splitlines()[-1])
+    return seconds, peak, before
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import torch
 
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_path
+from lmforge.models.convert import LLAMA_BLOCK
 from lmforge.models.gpt import GPT, GPTConfig
 
 if TYPE_CHECKING:
@@ -51,14 +52,7 @@ DTYPES = ("f32", "f16", "q8_0")
 MAGIC = b"GGUF"
 JINJA_TEMPLATE_KEY = "chat_template_jinja"  # in a checkpoint's meta.json
 
-# lmforge options of the two architectures (a GPT with all of these is written as that architecture)
-LLAMA_BLOCK = {
-    "pos_encoding": "rope",
-    "norm": "rmsnorm",
-    "norm_placement": "pre",
-    "mlp": "swiglu",
-    "bias": False,
-}
+# lmforge options of GPT-2's block (a GPT with all of these, and with LLAMA_BLOCK's, is written as that)
 GPT2_BLOCK = {
     "pos_encoding": "learned",
     "norm": "layernorm",
@@ -235,13 +229,18 @@ def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
     if values.size != int(np.prod(shape)):
         raise FormatError(path, f"tensor {tensor.name!r} holds {values.size} values, not {shape}")
     values = np.asarray(values, dtype=np.float32).reshape(shape)
+    if not np.isfinite(values).all():
+        raise FormatError(path, f"tensor {tensor.name!r} contains NaN or infinite values")
     if not values.flags.writeable:  # F32 tensors are views of the read-only file
         values = values.copy()
     return torch.from_numpy(values)
 
 
-def read_gguf_weights(reader: Any, config: GPTConfig, arch: str, path: str | Path) -> dict[str, torch.Tensor]:
-    """lmforge's state dict (float32, tied head left out) from a GGUF reader, q/k rows un-permuted."""
+def read_gguf_weights(
+    reader: Any, config: GPTConfig, arch: str, path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """lmforge's state dict (tied head left out) from a GGUF reader, q/k rows un-permuted, each tensor
+    dequantized to float32 and then cast to `dtype` (so that only one tensor at a time is float32)."""
     path = Path(path)
     tensors = {t.name: t for t in reader.tensors}
     state: dict[str, torch.Tensor] = {}
@@ -252,14 +251,15 @@ def read_gguf_weights(reader: Any, config: GPTConfig, arch: str, path: str | Pat
         return _dequantize(tensors.pop(name), path)
 
     for ours, theirs in _gguf_names(config, arch):
-        state[ours] = take(theirs)
+        state[ours] = take(theirs).to(dtype)
     if arch == "llama":
         for i in range(config.n_layer):
             q = _unpermute(take(f"blk.{i}.attn_q.weight"), config.n_head)
             k = _unpermute(take(f"blk.{i}.attn_k.weight"), config.n_kv_head)
-            state[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat([q, k, take(f"blk.{i}.attn_v.weight")])
-            gate_up = [take(f"blk.{i}.ffn_gate.weight"), take(f"blk.{i}.ffn_up.weight")]
-            state[f"transformer.h.{i}.mlp.c_fc.weight"] = torch.cat(gate_up)
+            qkv = torch.cat([q, k, take(f"blk.{i}.attn_v.weight")])
+            gate_up = torch.cat([take(f"blk.{i}.ffn_gate.weight"), take(f"blk.{i}.ffn_up.weight")])
+            state[f"transformer.h.{i}.attn.c_attn.weight"] = qkv.to(dtype)
+            state[f"transformer.h.{i}.mlp.c_fc.weight"] = gate_up.to(dtype)
     leftover = sorted(tensors)
     if leftover:
         raise FormatError(path, f"unexpected GGUF tensors for a {arch} model: {', '.join(leftover[:5])}")
@@ -267,7 +267,7 @@ def read_gguf_weights(reader: Any, config: GPTConfig, arch: str, path: str | Pat
 
 
 def _build_model(config: GPTConfig, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> GPT:
-    model = GPT(config)
+    model = GPT(config).to(dtype)  # cast first: the random init is overwritten anyway
     expected = model.state_dict()
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
@@ -275,10 +275,8 @@ def _build_model(config: GPTConfig, state: dict[str, torch.Tensor], path: Path, 
                 path,
                 f"{name}: shape {tuple(tensor.shape)} does not fit the config {tuple(expected[name].shape)}",
             )
-        if not torch.isfinite(tensor).all():
-            raise FormatError(path, f"{name} contains NaN or infinite values")
     model.load_state_dict(state, strict=False)  # only the tied head is absent
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def load_gguf(
@@ -299,7 +297,7 @@ def load_gguf(
     reader, metadata = read_gguf_metadata(path)
     config = config_from_gguf(metadata, {t.name for t in reader.tensors}, path)
     arch = metadata["general.architecture"]
-    model = _build_model(config, read_gguf_weights(reader, config, arch, path), path, dtype)
+    model = _build_model(config, read_gguf_weights(reader, config, arch, path, dtype=dtype), path, dtype)
     meta: dict[str, Any] = {
         "converted_from": f"gguf-{arch}",
         "gguf": {
