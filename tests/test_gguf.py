@@ -250,6 +250,17 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(tmp_path, bpe, vocab):
     # the same merges as the tokenizer the file was written from, each id shifted by 3
     assert [i - 3 for i in tokenizer.encode_ordinary(TEXT)] == bpe.encode_ordinary(TEXT)
     assert meta["tokenizer_fingerprint"] == tokenizer.fingerprint()
+    # the shifted layout survives meta.json (JSON, byte_ids may hold null) and exports to HF's format
+    import json
+
+    from tokenizers import Tokenizer
+
+    from lmforge.tokenizers import tokenizer_from_dict
+
+    again = tokenizer_from_dict(json.loads(json.dumps(meta["tokenizer"])))
+    assert again.encode(text, allowed_special="all") == ours
+    tokenizer.export_hf(tmp_path / "tokenizer.json")
+    assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids == ours
 
 
 def test_absent_byte_is_a_clear_error():
