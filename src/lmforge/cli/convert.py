@@ -40,7 +40,7 @@ FORMATS = ("hf", "lmforge", "gguf")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a GPT-2 or Llama (weights and tokenizer) between Hugging Face and lmforge",
+        help="convert a GPT-2 or Llama (weights and tokenizer) between Hugging Face, GGUF and lmforge",
         description="Convert a Hugging Face GPT-2 or Llama directory into an lmforge checkpoint directory,\n"
         "or back, tokenizer included, so that DST is ready for `lmforge generate` or for\n"
         "transformers' from_pretrained(DST). The architecture follows the model: config.json's\n"
@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  lmforge -> hf   model.safetensors + meta.json -> config.json + model.safetensors;\n"
         "                  a BPE tokenizer in meta.json -> tokenizer.json, and its <|endoftext|> id\n"
         "                  -> config.json's bos_token_id / eos_token_id\n"
+        "  gguf -> lmforge FILE.gguf -> model.safetensors (dequantized, --dtype f32|bf16) + meta.json\n"
+        "                  with the tokenizer, bos/eos/pad tokens and the Jinja chat template\n"
+        "  lmforge -> gguf llama or gpt2 architecture, --dtype f32|f16|q8_0, with the tokenizer,\n"
+        "                  roles and chat template of meta.json (llama.cpp runs it)\n"
         "Without a tokenizer (or with a char tokenizer, which HF cannot express) only the weights are\n"
         "converted, and a note says so. lmforge -> hf -> lmforge keeps the tokenizer.\n"
         "\n"
