@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  gguf -> lmforge FILE.gguf -> model.safetensors (dequantized, --dtype f32|bf16) + meta.json\n"
         "                  with the tokenizer, bos/eos/pad tokens and the Jinja chat template\n"
         "  lmforge -> gguf llama or gpt2 architecture, --dtype f32|f16|q8_0, with the tokenizer,\n"
-        "                  roles and chat template of meta.json (llama.cpp runs it)\n"
+        "                  roles and chat template of meta.json, laid out as llama.cpp's converter does\n"
         "Without a tokenizer (or with a char tokenizer, which HF cannot express) only the weights are\n"
         "converted, and a note says so. lmforge -> hf -> lmforge keeps the tokenizer.\n"
         "\n"

@@ -23,7 +23,7 @@ as a string, rendered by `lmforge.inference.chat_template`.
 Writing (`save_gguf`) takes a Llama-style lmforge GPT (as `convert.py`'s `LLAMA_BLOCK`) to `llama` and a
 GPT-2-style one to `gpt2`, as f32, f16 or q8_0 (matrices whose rows are a multiple of 32 long are
 quantized; norms, biases and other rows stay f32, as llama.cpp's converter does), with the tokenizer,
-its bos/eos/pad roles and the chat template, so llama.cpp can run it.
+its bos/eos/pad roles and the chat template, laid out as llama.cpp's converter lays out its files.
 
 Deliberately not here: other architectures, RoPE scaling, SentencePiece vocabularies, quantized
 inference (weights are float tensors once loaded), downloading.
