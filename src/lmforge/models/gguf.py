@@ -33,6 +33,7 @@ References: ggml's docs/gguf.md; llama.cpp `convert_hf_to_gguf.py` (`LlamaModel.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,12 +239,12 @@ def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
 
 def read_gguf_weights(
     reader: Any, config: GPTConfig, arch: str, path: str | Path, *, dtype: torch.dtype = torch.float32
-) -> dict[str, torch.Tensor]:
-    """lmforge's state dict (tied head left out) from a GGUF reader, q/k rows un-permuted, each tensor
-    dequantized to float32 and then cast to `dtype` (so that only one tensor at a time is float32)."""
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """lmforge's (name, tensor) pairs (tied head left out) from a GGUF reader, q/k rows un-permuted, each
+    dequantized to float32 and then cast to `dtype`, one at a time (so a caller that copies them into a
+    model never holds a second copy of the weights)."""
     path = Path(path)
     tensors = {t.name: t for t in reader.tensors}
-    state: dict[str, torch.Tensor] = {}
 
     def take(name: str) -> torch.Tensor:
         if name not in tensors:
@@ -251,31 +252,34 @@ def read_gguf_weights(
         return _dequantize(tensors.pop(name), path)
 
     for ours, theirs in _gguf_names(config, arch):
-        state[ours] = take(theirs).to(dtype)
+        yield ours, take(theirs).to(dtype)
     if arch == "llama":
         for i in range(config.n_layer):
             q = _unpermute(take(f"blk.{i}.attn_q.weight"), config.n_head)
             k = _unpermute(take(f"blk.{i}.attn_k.weight"), config.n_kv_head)
             qkv = torch.cat([q, k, take(f"blk.{i}.attn_v.weight")])
+            yield f"transformer.h.{i}.attn.c_attn.weight", qkv.to(dtype)
             gate_up = torch.cat([take(f"blk.{i}.ffn_gate.weight"), take(f"blk.{i}.ffn_up.weight")])
-            state[f"transformer.h.{i}.attn.c_attn.weight"] = qkv.to(dtype)
-            state[f"transformer.h.{i}.mlp.c_fc.weight"] = gate_up.to(dtype)
+            yield f"transformer.h.{i}.mlp.c_fc.weight", gate_up.to(dtype)
     leftover = sorted(tensors)
     if leftover:
         raise FormatError(path, f"unexpected GGUF tensors for a {arch} model: {', '.join(leftover[:5])}")
-    return state
 
 
-def _build_model(config: GPTConfig, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> GPT:
-    model = GPT(config).to(dtype)  # cast first: the random init is overwritten anyway
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise FormatError(
-                path,
-                f"{name}: shape {tuple(tensor.shape)} does not fit the config {tuple(expected[name].shape)}",
-            )
-    model.load_state_dict(state, strict=False)  # only the tied head is absent
+def _build_model(
+    config: GPTConfig, tensors: Iterable[tuple[str, torch.Tensor]], path: Path, dtype: torch.dtype
+) -> GPT:
+    """A GPT of `config` in `dtype` with every parameter copied from `tensors` (the tied head excepted)."""
+    model = GPT(config).to(dtype)  # built and cast before the weights are read: the lower peak of memory
+    parameters = model.state_dict()  # name -> the parameter's tensor, filled in place
+    with torch.no_grad():
+        for name, tensor in tensors:
+            expected = tuple(parameters[name].shape)
+            if tuple(tensor.shape) != expected:
+                raise FormatError(
+                    path, f"{name}: shape {tuple(tensor.shape)} does not fit the config {expected}"
+                )
+            parameters[name].copy_(tensor)
     return model.eval()
 
 
@@ -297,7 +301,6 @@ def load_gguf(
     reader, metadata = read_gguf_metadata(path)
     config = config_from_gguf(metadata, {t.name for t in reader.tensors}, path)
     arch = metadata["general.architecture"]
-    model = _build_model(config, read_gguf_weights(reader, config, arch, path, dtype=dtype), path, dtype)
     meta: dict[str, Any] = {
         "converted_from": f"gguf-{arch}",
         "gguf": {
@@ -317,6 +320,8 @@ def load_gguf(
         if not isinstance(template, str):
             raise FormatError(path, "GGUF tokenizer.chat_template is not a string")
         meta[JINJA_TEMPLATE_KEY] = template
+    # the weights last: a bad tokenizer or template fails before the slow part
+    model = _build_model(config, read_gguf_weights(reader, config, arch, path, dtype=dtype), path, dtype)
     return model, tokenizer, meta
 
 
