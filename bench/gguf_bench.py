@@ -101,34 +101,36 @@ def main() -> None:
         return first, (n - 1) / (total - first), out
 
     n = args.new_tokens
-    print(
-        f"batch 1, greedy, prompt {len(ids)} tokens, {n} new tokens, best of {args.repeats}; shared machine"
-    )
+    print(f"batch 1, greedy, prompt {len(ids)} tokens, {n} new tokens, best of {args.repeats}, all four "
+          "models alternating in this process; shared machine")  # fmt: skip
+    runners = {}  # (peer, dtype name) -> (run, loaded model or engine)
     for name in args.dtypes.split(","):
-        dtype = dtypes[name]
-        runners = {
-            "transformers": (run_theirs, load_theirs(dtype)),
-            "lmforge": (run_ours, Engine(load_ours(dtype)[0])),
-        }
-        best: dict[str, list[float]] = {peer: [1e9, 0.0] for peer in runners}  # TTFT, tok/s
-        outputs = {}
-        for run, model in runners.values():
-            run(model, 2)  # warm-up
-        for _ in range(args.repeats):  # alternating, so that load from other processes hits both alike
-            for peer, (run, model) in runners.items():
-                first, rate, outputs[peer] = run(model, n)
-                best[peer] = [min(best[peer][0], first), max(best[peer][1], rate)]
-        del runners
-        same = sum(a == b for a, b in zip(outputs["lmforge"], outputs["transformers"], strict=True))
-        for peer, (first, rate) in best.items():
-            seconds, peak, before = load_in_fresh_process(peer, name)
-            ratio = rate / best["transformers"][1]
-            print(
-                f"  {name} {peer:12s} decode {rate:5.1f} tok/s = {ratio:4.2f}x transformers  "
-                f"TTFT {1000 * first:5.0f} ms  load {seconds:5.1f} s  "
-                f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
-            )
-        print(f"  {name} greedy tokens equal to transformers': {same}/{n}")
+        runners["transformers", name] = (run_theirs, load_theirs(dtypes[name]))
+        runners["lmforge", name] = (run_ours, Engine(load_ours(dtypes[name])[0]))
+    best = {key: [1e9, 0.0] for key in runners}  # TTFT s, decode tok/s
+    outputs = {}
+    for run, model in runners.values():
+        run(model, 2)  # warm-up
+    for _ in range(args.repeats):  # alternating, so that load from other processes hits all alike
+        for key, (run, model) in runners.items():
+            first, rate, outputs[key] = run(model, n)
+            best[key] = [min(best[key][0], first), max(best[key][1], rate)]
+    del runners
+    baseline = best.get(("transformers", "fp32"), [0.0, 0.0])[1]
+    for (peer, name), (first, rate) in best.items():
+        seconds, peak, before = load_in_fresh_process(peer, name)
+        same_dtype = rate / best["transformers", name][1]
+        vs_fp32 = f", {rate / baseline:4.2f}x transformers fp32" if baseline and name != "fp32" else ""
+        memory = f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
+        print(
+            f"  {peer:12s} {name}  decode {rate:5.1f} tok/s = {same_dtype:4.2f}x transformers {name}{vs_fp32}"
+            f"  TTFT {1000 * first:5.0f} ms  load {seconds:5.1f} s  {memory}"
+        )
+    for name in args.dtypes.split(","):
+        same = sum(
+            a == b for a, b in zip(outputs["lmforge", name], outputs["transformers", name], strict=True)
+        )
+        print(f"  {name}: greedy tokens equal to transformers': {same}/{n}")
 
 
 def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
