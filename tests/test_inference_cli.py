@@ -13,8 +13,8 @@ import torch
 
 import lmforge
 from lmforge.cli import main
-from lmforge.cli.generate import fit_conversation
 from lmforge.inference import Engine, SamplingParams
+from lmforge.inference.chat import fit_conversation
 from lmforge.models import GPT, GPTConfig
 from lmforge.tokenizers import CharTokenizer
 

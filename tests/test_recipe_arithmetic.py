@@ -20,6 +20,7 @@ from lmforge.recipes.arithmetic import (
     ArithmeticConfig,
     Problem,
     ProblemBatches,
+    RecipeConfig,
     Splits,
     _problem_at,
     accuracy_table,
@@ -29,14 +30,19 @@ from lmforge.recipes.arithmetic import (
     encode_problems,
     exact_match,
     final_answer,
-    load_recipe_config,
     make_splits,
-    recipe_config_toml,
 )
+from lmforge.training.config import load_config, to_toml
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "arithmetic.toml"
-SMALL = dict(operators=["+", "-", "*"], train_digits=[1, 2, 3], ood_digits=[4], train_size=3000,
-             val_size=200, test_size=300)
+SMALL = dict(
+    operators=["+", "-", "*"],
+    train_digits=[1, 2, 3],
+    ood_digits=[4],
+    train_size=3000,
+    val_size=200,
+    test_size=300,
+)
 
 
 # ------------------------------------------------------------------ problem text
@@ -64,7 +70,13 @@ def test_bucket_sizes_and_enumeration() -> None:
     assert bucket_size("*", 2) == 8100
     # the triangle of a >= b, row by row: 0-0, 1-0, 1-1, 2-0, 2-1, 2-2
     assert [(p.a, p.b) for p in (_problem_at("-", 1, k) for k in range(6))] == [
-        (0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+        (0, 0),
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
     every = {_problem_at("-", 2, k) for k in range(bucket_size("-", 2))}
     assert len(every) == 4095 and all(p.a >= p.b and p.digits == 2 and len(str(p.b)) == 2 for p in every)
 
@@ -129,8 +141,9 @@ def test_tokenizer_round_trip_one_token_per_character() -> None:
 def test_answer_only_targets_worked_by_hand() -> None:
     """Ids: digits 0-9 -> 0-9, '+' 10, '=' 13, END 17, PAD 18. "12+34=" then "46" (not reversed), length 9:
     tokens 1 2 + 3 4 = 4 6 END PAD; targets at t = 5, 6, 7 predict 4, 6, END; the rest are -100."""
-    tokens, targets = encode_problems([Problem(12, "+", 34)], arithmetic_tokenizer(), reverse=False,
-                                      scratchpad=False, length=9)
+    tokens, targets = encode_problems(
+        [Problem(12, "+", 34)], arithmetic_tokenizer(), reverse=False, scratchpad=False, length=9
+    )
     assert tokens.tolist() == [[1, 2, 10, 3, 4, 13, 4, 6, 17, 18]]
     m = IGNORE_INDEX
     assert targets.tolist() == [[m, m, m, m, m, 4, 6, 17, m]]
@@ -139,8 +152,10 @@ def test_answer_only_targets_worked_by_hand() -> None:
 def test_batches_mask_everything_but_answers_and_resume_exactly() -> None:
     tokenizer = arithmetic_tokenizer()
     splits = make_splits(ArithmeticConfig(**SMALL))
-    buckets = {b: encode_problems(p, tokenizer, reverse=True, scratchpad=False, length=14)
-               for b, p in splits.train.items()}
+    buckets = {
+        b: encode_problems(p, tokenizer, reverse=True, scratchpad=False, length=14)
+        for b, p in splits.train.items()
+    }
     batches = ProblemBatches(buckets, batch_size=64, seed=3)
     x, y = batches.next_batch()
     assert x.shape == y.shape == (64, 14) and x.dtype == y.dtype == torch.int64
@@ -150,7 +165,7 @@ def test_batches_mask_everything_but_answers_and_resume_exactly() -> None:
         kept = [t for t in row_y if t != IGNORE_INDEX]
         assert all(t == IGNORE_INDEX for t in row_y[:prompt_end])
         assert row_y[prompt_end] != IGNORE_INDEX and kept[-1] == tokenizer.special_tokens[END]
-        prompt = tokenizer.decode(row_x[:prompt_end + 1])
+        prompt = tokenizer.decode(row_x[: prompt_end + 1])
         a, op, b = _parse(prompt)
         assert tokenizer.decode(kept[:-1]) == Problem(a, op, b).answer(reverse=True)
     state = batches.state_dict()
@@ -219,8 +234,11 @@ def test_greedy_generation_with_the_engine_matches_a_plain_argmax_loop() -> None
 
 
 def test_accuracy_table_rows() -> None:
-    table = accuracy_table({("*", 2): 0.5, ("+", 4): 0.0, ("+", 3): 0.995},
-                           {("*", 2): 810, ("+", 4): 2000, ("+", 3): 2000}, ood={("+", 4)})
+    table = accuracy_table(
+        {("*", 2): 0.5, ("+", 4): 0.0, ("+", 3): 0.995},
+        {("*", 2): 810, ("+", 4): 2000, ("+", 3): 2000},
+        ood={("+", 4)},
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["operator", "digits", "seen", "problems", "exact", "match"]
     assert [line.split() for line in lines[1:]] == [
@@ -234,39 +252,56 @@ def test_accuracy_table_rows() -> None:
 
 
 def test_config_file_overrides_and_round_trip(tmp_path: Path) -> None:
-    config = load_recipe_config(CONFIG, overrides=['arithmetic.operators=["+","*"]', "train.max_iters=7"])
+    config = load_config(
+        CONFIG, sections=RecipeConfig, overrides=['arithmetic.operators=["+","*"]', "train.max_iters=7"]
+    )
     assert config.arithmetic.operators == ["+", "*"] and config.train.max_iters == 7
     path = tmp_path / "resolved.toml"
-    path.write_text(recipe_config_toml(config))
-    assert load_recipe_config(path) == config
+    path.write_text(to_toml(config))
+    assert load_config(path, sections=RecipeConfig) == config
     with pytest.raises(ConfigError, match="arithmetic.operators"):
-        load_recipe_config(CONFIG, overrides=['arithmetic.operators=["/"]'])
+        load_config(CONFIG, sections=RecipeConfig, overrides=['arithmetic.operators=["/"]'])
     with pytest.raises(ConfigError, match="ood_digits"):
-        load_recipe_config(CONFIG, overrides=["arithmetic.ood_digits=[2]"])
+        load_config(CONFIG, sections=RecipeConfig, overrides=["arithmetic.ood_digits=[2]"])
     with pytest.raises(ConfigError, match="unknown key arithmetic.digits"):
-        load_recipe_config(CONFIG, overrides=["arithmetic.digits=3"])
+        load_config(CONFIG, sections=RecipeConfig, overrides=["arithmetic.digits=3"])
 
 
 def test_whole_recipe_smoke_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from lmforge.cli import main
 
     out = tmp_path / "run"
-    settings = ["arithmetic.train_digits=[1,2]", "arithmetic.ood_digits=[3]", "arithmetic.val_size=50",
-                "arithmetic.test_size=60", "arithmetic.train_size=500", "model.n_layer=1", "model.n_embd=32",
-                "model.n_head=2", "train.max_iters=12", "train.eval_interval=6", "train.batch_size=32",
-                "train.progress=false", "train.tensorboard=false", "train.peak_tflops=1.0",
-                "optim.warmup_iters=2"]
+    settings = [
+        "arithmetic.train_digits=[1,2]",
+        "arithmetic.ood_digits=[3]",
+        "arithmetic.val_size=50",
+        "arithmetic.test_size=60",
+        "arithmetic.train_size=500",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "train.max_iters=12",
+        "train.eval_interval=6",
+        "train.batch_size=32",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.peak_tflops=1.0",
+        "optim.warmup_iters=2",
+    ]
     argv = ["recipe", "arithmetic", "--config", str(CONFIG), "--out", str(out)]
     assert main(argv + [arg for s in settings for arg in ("--set", s)]) == 0
     printed = capsys.readouterr().out
     assert "exact match" in printed and "OOD" in printed
     results = json.loads((out / "results.json").read_text())
     assert [(r["operator"], r["digits"], r["ood"], r["problems"]) for r in results["test"]] == [
-        ("+", 1, False, 10), ("+", 2, False, 60), ("+", 3, True, 60)]
+        ("+", 1, False, 10),
+        ("+", 2, False, 60),
+        ("+", 3, True, 60),
+    ]
     assert all(0.0 <= r["exact_match"] <= 1.0 for r in results["test"])
     assert [h["step"] for h in results["validation"]] == [6, 12]
     assert (out / "plots" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert load_recipe_config(out / "config.toml").model.options["vocab_size"] == 19
+    assert load_config(out / "config.toml", sections=RecipeConfig).model.options["vocab_size"] == 19
     from lmforge.models import GPT, checkpoint_meta
     from lmforge.tokenizers import load_tokenizer
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
+import inspect
 import json
 
 import pytest
@@ -14,12 +16,21 @@ from lmforge.tokenizers import (
     PATTERNS,
     BPETokenizer,
     CharTokenizer,
+    Tokenizer,
     from_hf_file,
     load_gpt2,
     load_tokenizer,
     tokenizer_from_dict,
 )
-from lmforge.tokenizers.formats import from_hf_dict, gpt2_package_files, to_hf_dict
+from lmforge.tokenizers.base import dumps, fingerprint
+from lmforge.tokenizers.foreign import (
+    export_hf,
+    from_hf_dict,
+    from_tiktoken_file,
+    gpt2_from_files,
+    gpt2_package_files,
+    to_hf_dict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +42,7 @@ def test_save_load_round_trip(small_bpe, tmp_path, shakespeare_sample):
     path = tmp_path / "tok.json"
     small_bpe.save(path)
     loaded = load_tokenizer(path)
-    assert isinstance(loaded, BPETokenizer) and BPETokenizer.load(path).merges == small_bpe.merges
+    assert isinstance(loaded, BPETokenizer) and loaded.merges == small_bpe.merges
     assert loaded.fingerprint() == small_bpe.fingerprint()
     assert loaded.encode(shakespeare_sample[:20_000]) == small_bpe.encode(shakespeare_sample[:20_000])
     d = json.loads(path.read_text())
@@ -42,6 +53,35 @@ def test_save_load_round_trip(small_bpe, tmp_path, shakespeare_sample):
         == small_bpe.fingerprint()
     )
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temporary file behind
+
+
+def test_file_text_and_fingerprint_by_hand():
+    """The tokenizer.json layout (one key per line, one merge per line) and the fingerprint: sha256 of the
+    JSON with sorted keys, no spaces and non-ASCII kept as UTF-8."""
+    d = {"kind": "bpe", "merges": [[97, 97], [256, 98]], "special_tokens": {"é": 258}}
+    assert dumps(d) == (
+        '{\n  "kind": "bpe",\n  "merges": [\n    [97, 97],\n    [256, 98]\n  ],\n'
+        '  "special_tokens": {"é": 258}\n}\n'
+    )
+    canonical = '{"kind":"bpe","merges":[[97,97],[256,98]],"special_tokens":{"é":258}}'
+    assert fingerprint(dict(reversed(d.items()))) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def test_every_tokenizer_satisfies_the_protocol(small_bpe):
+    """Every tokenizer has each member of `Tokenizer`, and its methods take the same parameters (names,
+    kinds, defaults) as the protocol declares."""
+    members = sorted({*Tokenizer.__annotations__, *(n for n in vars(Tokenizer) if not n.startswith("_"))})
+    assert {"encode", "decode", "vocab_size", "special_tokens", "save", "eot_id"} <= set(members)
+    for tok in (small_bpe, CharTokenizer("abc")):
+        assert isinstance(tok, Tokenizer)
+        for name in members:
+            declared = getattr(Tokenizer, name, None)  # None for data members (annotations only)
+            if callable(declared):
+                ours = inspect.signature(getattr(tok, name)).parameters.values()
+                theirs = list(inspect.signature(declared).parameters.values())[1:]  # without self
+                assert [(p.name, p.kind, p.default) for p in ours] == [
+                    (p.name, p.kind, p.default) for p in theirs
+                ], f"{type(tok).__name__}.{name}"
 
 
 def test_fingerprint_changes_with_content(small_bpe):
@@ -91,25 +131,25 @@ def test_tiktoken_file_import_equals_gpt2(tmp_path, shakespeare_sample):
     gpt2 = load_gpt2()
     path = tmp_path / "gpt2.tiktoken"
     path.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(gpt2.token_bytes)))
-    imported = BPETokenizer.from_tiktoken(path, pattern="gpt2", special_tokens={"<|endoftext|>": 50256})
+    imported = from_tiktoken_file(path, pattern="gpt2", special_tokens={"<|endoftext|>": 50256})
     assert imported.merges == gpt2.merges and imported.byte_ids == gpt2.byte_ids
     assert imported.encode(shakespeare_sample) == gpt2.encode(shakespeare_sample)
     (tmp_path / "bad.tiktoken").write_text("not-base64!! x\n")
     with pytest.raises(FormatError, match="bad.tiktoken: line 1"):
-        BPETokenizer.from_tiktoken(tmp_path / "bad.tiktoken")
+        from_tiktoken_file(tmp_path / "bad.tiktoken")
 
 
 def test_gpt2_import_errors(tmp_path):
     encoder_json, vocab_bpe = gpt2_package_files()
-    assert BPETokenizer.from_gpt2(encoder_json, vocab_bpe).vocab_size == 50257
+    assert gpt2_from_files(encoder_json, vocab_bpe).vocab_size == 50257
     truncated = tmp_path / "encoder.json"
     truncated.write_text(encoder_json.read_text()[:1000])
     with pytest.raises(FormatError, match="encoder.json: .*corrupt or truncated"):
-        BPETokenizer.from_gpt2(truncated, vocab_bpe)
+        gpt2_from_files(truncated, vocab_bpe)
     bad_bpe = tmp_path / "vocab.bpe"
     bad_bpe.write_text("#version: 0.2\nĠ t\nthis line is bad\n")
     with pytest.raises(FormatError, match="vocab.bpe: line 3"):
-        BPETokenizer.from_gpt2(encoder_json, bad_bpe)
+        gpt2_from_files(encoder_json, bad_bpe)
 
 
 # -- CharTokenizer -------------------------------------------------------------------------------------
@@ -164,7 +204,7 @@ def test_hf_round_trip_keeps_the_tokenizer(hf_tokenizers_by_pattern, shakespeare
     assert back.fingerprint() == tok.fingerprint() and back.special_tokens == {"<|endoftext|>": 319}
     text = shakespeare_sample[50_000:52_000] + "<|endoftext|>x = max_len2 + 12345\n"
     assert back.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
-    tok.export_hf(tmp_path / "tokenizer.json")  # the file, through both loaders
+    export_hf(tok, tmp_path / "tokenizer.json")  # the file, through both loaders
     assert from_hf_file(tmp_path / "tokenizer.json").fingerprint() == tok.fingerprint()
     assert load_tokenizer(tmp_path / "tokenizer.json").fingerprint() == tok.fingerprint()
 

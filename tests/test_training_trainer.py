@@ -16,7 +16,12 @@ import torch
 
 from lmforge.errors import FormatError
 from lmforge.models import GPT, GPTConfig
-from lmforge.training.checkpoint import CheckpointManager, NonFiniteError, load_checkpoint, save_checkpoint
+from lmforge.training.checkpoint import (
+    CheckpointManager,
+    NonFiniteError,
+    restore_training_state,
+    save_checkpoint,
+)
 from lmforge.training.config import load_config
 from lmforge.training.optim import build_optimizer
 from lmforge.training.trainer import Trainer, TrainingDiverged, accumulate_gradients, train_from_config
@@ -159,11 +164,11 @@ def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_survives(dataset_d
         train_from_config(_config(dataset_dir, run, "train.max_iters=9"), resume=True)
     # the previous checkpoint loads, and resuming from it works
     model = GPT.from_checkpoint(ckpts / "step_00000003")
-    assert load_checkpoint(ckpts / "step_00000003", model=model)["step"] == 3
+    assert restore_training_state(ckpts / "step_00000003", model=model)["step"] == 3
     state = ckpts / "step_00000003/trainer_state.json"
     state.write_text(state.read_text()[:-20])
     with pytest.raises(FormatError, match=r"trainer_state\.json.*corrupt or truncated"):
-        load_checkpoint(ckpts / "step_00000003", model=model)
+        restore_training_state(ckpts / "step_00000003", model=model)
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -7,27 +7,20 @@ that `import lmforge` stays cheap for the command line.
 
 from __future__ import annotations
 
-import random
-
-__version__ = "0.1.0"
+from lmforge.version import __version__
 
 __all__ = ["__version__", "generate", "seed_everything"]
 
 
 def __getattr__(name: str):
-    """`lmforge.generate` (lmforge.inference.text), imported on first use so `import lmforge` stays cheap."""
+    """`lmforge.generate` and `lmforge.seed_everything`, imported on first use so `import lmforge` stays
+    cheap; they live in `lmforge.inference.text` and `lmforge.training.rng`."""
     if name == "generate":
         from lmforge.inference.text import generate
 
         return generate
+    if name == "seed_everything":
+        from lmforge.training.rng import seed_everything
+
+        return seed_everything
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and all CUDA devices) so that a run can be repeated."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -10,7 +10,7 @@ import pytest
 
 from lmforge.data.builtin import builtin_documents
 from lmforge.tokenizers import BPETokenizer, load_gpt2
-from lmforge.tokenizers.formats import gpt2_package_files
+from lmforge.tokenizers.foreign import export_hf, gpt2_package_files
 
 tiktoken = pytest.importorskip("tiktoken")
 
@@ -72,7 +72,7 @@ def test_hf_export_encodes_identically(pattern, tmp_path, shakespeare_sample):
     corpus = shakespeare_sample + "".join(_stdlib(200_000))
     ours = BPETokenizer.train([corpus], vocab_size=1000, pattern=pattern, progress=False)
     path = tmp_path / "hf_tokenizer.json"
-    ours.export_hf(path)
+    export_hf(ours, path)
     hf = tokenizers.Tokenizer.from_file(str(path))
     assert hf.get_vocab_size() == ours.vocab_size
     held_out = [
@@ -88,6 +88,6 @@ def test_hf_export_encodes_identically(pattern, tmp_path, shakespeare_sample):
 def test_gpt2_hf_export_matches(gpt2_pair, tmp_path, shakespeare_sample):
     tokenizers = pytest.importorskip("tokenizers")
     ours, _ = gpt2_pair
-    ours.export_hf(tmp_path / "gpt2.json")
+    export_hf(ours, tmp_path / "gpt2.json")
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "gpt2.json"))
     assert hf.encode(shakespeare_sample).ids == ours.encode(shakespeare_sample)

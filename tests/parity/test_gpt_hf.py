@@ -18,7 +18,7 @@ from lmforge.errors import ConfigError, DataError, FormatError  # noqa: E402
 from lmforge.models import GPT, GPTConfig, checkpoint_meta  # noqa: E402
 from lmforge.models.convert import from_hf_gpt2, to_hf_gpt2  # noqa: E402
 from lmforge.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict  # noqa: E402
-from lmforge.tokenizers.formats import gpt2_package_files, to_hf_dict  # noqa: E402
+from lmforge.tokenizers.foreign import gpt2_package_files, to_hf_dict  # noqa: E402
 
 
 def _hf_config(*, tie: bool = True) -> transformers.GPT2Config:

@@ -126,11 +126,11 @@ def test_llama_export_refuses_gpt2_block_and_import_refuses_what_we_lack(tmp_pat
         ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "RoPE scaling"),
         ({"model_type": "mistral"}, "not a Llama config"),
         # wrong types and values that would otherwise crash on arithmetic: one clear line each
-        ({"num_attention_heads": 0}, "GPTConfig.n_head must be a positive integer, got 0"),
-        ({"hidden_size": "abc"}, "GPTConfig.n_embd must be a positive integer, got 'abc'"),
+        ({"num_attention_heads": 0}, "GPTConfig.n_head=0 is invalid; use a positive integer"),
+        ({"hidden_size": "abc"}, "GPTConfig.n_embd='abc' is invalid; use a positive integer"),
         ({"rope_parameters": "x"}, "rope_parameters must be an object, found str"),
-        ({"rms_norm_eps": None}, "GPTConfig.norm_eps must be a number, got None"),
-        ({"tie_word_embeddings": "yes"}, "GPTConfig.tie_embeddings must be true or false, got 'yes'"),
+        ({"rms_norm_eps": None}, "GPTConfig.norm_eps=None is invalid; use a number"),
+        ({"tie_word_embeddings": "yes"}, "GPTConfig.tie_embeddings='yes' is invalid; use true or false"),
         ({"head_dim": 7}, "head_dim * num_attention_heads != hidden_size"),
     ]:
         config.write_text(json.dumps(good | change))

@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from lmforge import __version__
 from lmforge.errors import LmforgeError
+from lmforge.version import __version__
 
 # Each module defines `register(subparsers)`, adding its parsers with `set_defaults(func=handler)`.
 COMMAND_MODULES: tuple[str, ...] = (

@@ -3,7 +3,7 @@ checkpoint, tokenizer included, so that the result is directly usable (`lmforge 
 `GPT2LMHeadModel` / `LlamaForCausalLM.from_pretrained`).
 
 The weights and model config are converted by `lmforge.models.convert`, which knows nothing of text; the
-tokenizer is carried here, with the formats of `lmforge.tokenizers.formats`:
+tokenizer is carried here, with the readers and writers of `lmforge.tokenizers.foreign`:
   hf -> lmforge  HF's `tokenizer.json` in SRC, if it is a byte-level BPE (`from_hf_file`), else GPT-2-style
                  `vocab.json` + `merges.txt` (GPT-2's encoder.json + vocab.bpe under HF's names), go into
                  meta.json's "tokenizer" and "tokenizer_fingerprint", as the trainer stores them.
@@ -89,7 +89,7 @@ def _eot(tokenizer: BPETokenizer) -> str:
 def _read_gpt2_files(src: Path) -> BPETokenizer | None:
     """The BPETokenizer of GPT-2-style vocab.json + merges.txt in `src`, or None if neither file is there."""
     from lmforge.errors import FormatError
-    from lmforge.tokenizers.formats import gpt2_from_files
+    from lmforge.tokenizers.foreign import gpt2_from_files
 
     vocab, merges = src / VOCAB, src / MERGES
     if not vocab.exists() and not merges.exists():
@@ -110,7 +110,7 @@ def _read_gpt2_files(src: Path) -> BPETokenizer | None:
 def _import_hf_tokenizer(src: Path, vocab_size: int) -> tuple[BPETokenizer | None, str]:
     """The tokenizer in `src` (tokenizer.json first, else vocab.json + merges.txt) and a note on it."""
     from lmforge.errors import FormatError
-    from lmforge.tokenizers.formats import from_hf_file
+    from lmforge.tokenizers.foreign import from_hf_file
 
     tokenizer_json, skipped = src / HF_TOKENIZER, ""
     tokenizer, origin, path = None, HF_TOKENIZER, tokenizer_json
@@ -152,18 +152,16 @@ def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
 
 def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
     """Convert; return the model and a line about the tokenizer."""
-    from lmforge.models import GPT, checkpoint_meta
+    from lmforge.models.checkpoints import load_checkpoint
     from lmforge.models.convert import to_hf
     from lmforge.models.gpt import META_FILE
-    from lmforge.tokenizers import BPETokenizer, tokenizer_from_dict
-    from lmforge.tokenizers.formats import export_hf
+    from lmforge.tokenizers import BPETokenizer
+    from lmforge.tokenizers.foreign import export_hf
 
-    model = GPT.from_checkpoint(src)
-    meta = checkpoint_meta(src)
-    if "tokenizer" not in meta:
+    model, tokenizer, _ = load_checkpoint(src, require_tokenizer=False)
+    if tokenizer is None:
         to_hf(model, dst)
         return model, f"note: {src / META_FILE} has no tokenizer, so {dst} has the weights only"
-    tokenizer = tokenizer_from_dict(meta["tokenizer"], source=src / META_FILE)
     if not isinstance(tokenizer, BPETokenizer):
         to_hf(model, dst)
         return model, f"note: {tokenizer.kind} tokenizers have no HF form, so {dst} has the weights only"
@@ -195,18 +193,14 @@ def _gguf_to_lmforge(src: Path, dst: Path, dtype: str) -> tuple[GPT, str]:
 def _lmforge_to_gguf(src: Path, dst: Path, dtype: str) -> tuple[GPT, str]:
     """Convert; return the model and a line about the tokenizer and template."""
     from lmforge.errors import ConfigError
-    from lmforge.models import GPT, checkpoint_meta
+    from lmforge.models.checkpoints import load_checkpoint
     from lmforge.models.gguf import JINJA_TEMPLATE_KEY, save_gguf
     from lmforge.models.gpt import META_FILE
-    from lmforge.tokenizers import BPETokenizer, tokenizer_from_dict
+    from lmforge.tokenizers import BPETokenizer
 
     if dtype not in ("f32", "f16", "q8_0"):
         raise ConfigError(f"--dtype {dtype} is for --from gguf; a GGUF file is written as f32, f16 or q8_0")
-    model = GPT.from_checkpoint(src)
-    meta = checkpoint_meta(src)
-    tokenizer = None
-    if "tokenizer" in meta:
-        tokenizer = tokenizer_from_dict(meta["tokenizer"], source=src / META_FILE)
+    model, tokenizer, meta = load_checkpoint(src, require_tokenizer=False)
     if not isinstance(tokenizer, BPETokenizer):
         save_gguf(model, dst, dtype=dtype)
         kind = "no" if tokenizer is None else f"a {tokenizer.kind}"

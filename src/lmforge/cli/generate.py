@@ -2,9 +2,9 @@
 
 `generate` continues one or more prompts (from --prompt, a file, or stdin), optionally streaming the
 tokens as they come. `chat` is an interactive loop: it uses the checkpoint's chat template when its
-meta.json has one (see `_ChatFormat`), plain continuation of the transcript otherwise, and drops the
-oldest turns so that the conversation always fits the model's context window. The work happens in
-`lmforge.inference`; this module parses arguments and prints.
+meta.json has one, plain continuation of the transcript otherwise, and drops the oldest turns so that
+the conversation always fits the model's context window (`lmforge.inference.chat`). The work happens
+in `lmforge.inference`; this module parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ConfigError, FormatError
+
+if TYPE_CHECKING:
+    pass
 
 
 def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_tokens: int | str) -> None:
@@ -134,8 +137,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     import torch
 
     from lmforge.inference import Engine, SamplingParams
-    from lmforge.inference.text import load_checkpoint
-    from lmforge.models import checkpoint_meta
+    from lmforge.models.checkpoints import load_checkpoint
 
     if args.threads is not None:
         if args.threads < 1:
@@ -152,10 +154,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         frequency_penalty=args.frequency_penalty,
         seed=args.seed,
     )
-    model, tokenizer = load_checkpoint(args.ckpt)
+    model, tokenizer, meta = load_checkpoint(args.ckpt)
     model = model.to(getattr(torch, args.dtype))
     engine = Engine(model, compile=args.compile, context=getattr(args, "context", "error"))
-    return engine, tokenizer, params, checkpoint_meta(args.ckpt)
+    return engine, tokenizer, params, meta
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -208,74 +210,12 @@ def _with_seed(params: Any, seed: int) -> Any:
     return replace(params, seed=seed)
 
 
-class _ChatFormat:
-    """How a conversation becomes token ids.
-
-    With a template (meta.json "chat_template": {"system": "<|system|>{content}<|end|>", "user": ...,
-    "assistant": ..., "generation_prompt": "<|assistant|>", "stop": ["<|end|>"]}) every message is its
-    role's pattern with the message in place of {content}; the pattern's own text may hold special
-    tokens, the message is encoded as plain text so a user cannot type a control token. Without a
-    template the conversation is plain text: each user message followed by a newline, each reply as
-    the model wrote it, and the model simply continues the transcript.
-    """
-
-    def __init__(self, tokenizer: Any, template: dict | None):
-        self.tokenizer = tokenizer
-        self.template = template
-        if template is not None:
-            missing = [k for k in ("user", "assistant", "generation_prompt") if k not in template]
-            if missing:
-                raise FormatError("meta.json", f"chat_template lacks {', '.join(missing)}")
-
-    def message(self, role: str, content: str | list[int]) -> list[int]:
-        """Ids of one message; `content` is text, or the ids the model generated for a reply."""
-        if isinstance(content, str):
-            content = self.tokenizer.encode_ordinary(content + "\n" if self.template is None else content)
-        if self.template is None:
-            return content
-        if role not in self.template:
-            raise ConfigError(f"this checkpoint's chat template has no '{role}' role")
-        before, _, after = self.template[role].partition("{content}")
-        encode = lambda s: self.tokenizer.encode(s, allowed_special="all")  # template text may hold specials
-        return encode(before) + content + encode(after)
-
-    def generation_prompt(self) -> list[int]:
-        return (
-            []
-            if self.template is None
-            else self.tokenizer.encode(self.template["generation_prompt"], allowed_special="all")
-        )
-
-    def stop_ids(self) -> tuple[int, ...]:
-        ids = {self.tokenizer.eot_id} - {None}
-        for s in (self.template or {}).get("stop", []):
-            if s in self.tokenizer.special_tokens:
-                ids.add(self.tokenizer.special_tokens[s])
-        return tuple(sorted(ids))
-
-
-def fit_conversation(messages: list[list[int]], budget: int, *, keep_first: bool) -> list[int]:
-    """Concatenate message ids, dropping the oldest messages (but the first if `keep_first`, e.g. a system
-    message) until at most `budget` tokens remain; if the newest alone is too long, keep its last tokens.
-
-    Example: messages of 3, 4 and 2 tokens with budget 7 -> the last two (6 tokens).
-    """
-    first = messages[:1] if keep_first else []
-    rest = messages[1:] if keep_first else list(messages)
-    while rest and sum(map(len, first + rest)) > budget:
-        if len(rest) == 1:
-            room = budget - sum(map(len, first))
-            rest = [rest[0][-room:] if room > 0 else []]
-            break
-        rest.pop(0)
-    return [t for m in first + rest for t in m][-budget:]
-
-
 def run_chat(args: argparse.Namespace) -> int:
+    from lmforge.inference.chat import ChatFormat, fit_conversation
     from lmforge.inference.text import stream_text
 
     engine, tokenizer, params, meta = _load(args)
-    chat = _ChatFormat(tokenizer, meta.get("chat_template"))
+    chat = ChatFormat(tokenizer, meta.get("chat_template"), source=f"{args.ckpt}/meta.json")
     if args.max_new_tokens is None:
         args.max_new_tokens = min(256, engine.block_size // 2)
     budget = engine.block_size - args.max_new_tokens

@@ -42,9 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_arithmetic(args: argparse.Namespace) -> int:
     import json
 
-    from lmforge.recipes.arithmetic import load_recipe_config, run_recipe
+    from lmforge.recipes.arithmetic import RecipeConfig, run_recipe
+    from lmforge.training.config import load_config
 
     # a JSON string is a TOML basic string, so any path survives the override parser
     overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
-    run_recipe(load_recipe_config(args.config, overrides=overrides))
+    run_recipe(load_config(args.config, overrides=overrides, sections=RecipeConfig))
     return 0

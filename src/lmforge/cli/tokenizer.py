@@ -118,7 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
     import time
 
     from lmforge.errors import ConfigError
-    from lmforge.tokenizers import BPETokenizer, CharTokenizer
+    from lmforge.tokenizers import BPETokenizer, CharTokenizer, export_hf
 
     if args.kind == "bpe" and args.vocab_size is None:
         raise ConfigError("--vocab-size is required for a BPE tokenizer (e.g. --vocab-size 4096)")
@@ -149,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"vocab_size {tokenizer.vocab_size}; wrote {args.out}"
     )
     if args.hf_out:
-        tokenizer.export_hf(args.hf_out)
+        export_hf(tokenizer, args.hf_out)
         print(f"wrote Hugging Face tokenizer.json to {args.hf_out}")
     return 0
 

@@ -101,21 +101,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(ckpt: str):  # -> (model, tokenizer, meta)
-    from lmforge.errors import FormatError
-    from lmforge.models import checkpoint_meta
-    from lmforge.tokenizers import tokenizer_from_dict
-    from lmforge.training.checkpoint import load_model
-
-    model = load_model(ckpt)
-    meta = checkpoint_meta(ckpt)
-    if not isinstance(meta.get("tokenizer"), dict):
-        raise FormatError(
-            f"{ckpt}/meta.json", "has no 'tokenizer'; this checkpoint was not written by the trainer"
-        )
-    return model.eval(), tokenizer_from_dict(meta["tokenizer"]), meta
-
-
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -123,9 +108,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from lmforge.data.shards import load_meta, open_split
     from lmforge.errors import ConfigError
     from lmforge.evaluation.metrics import evaluate_lm
+    from lmforge.models.checkpoints import load_checkpoint
     from lmforge.training.trainer import autocast_for, resolve_precision
 
-    model, tokenizer, meta = _load(args.ckpt)
+    model, tokenizer, meta = load_checkpoint(args.ckpt)
     data = args.data or meta.get("dataset")
     if not data:
         raise ConfigError("the checkpoint does not record its dataset; pass --data DIR")
@@ -157,8 +143,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     from lmforge.inference import Engine, SamplingParams
+    from lmforge.models.checkpoints import load_checkpoint
 
-    model, tokenizer, _ = _load(args.ckpt)
+    model, tokenizer, _ = load_checkpoint(args.ckpt)
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     start = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else []
     start = start or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]

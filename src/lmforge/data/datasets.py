@@ -30,8 +30,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lmforge.errors import ConfigError, DataError
-
-IGNORE_INDEX = -100  # targets with this value are skipped by the cross-entropy loss
+from lmforge.models.gpt import IGNORE_INDEX
 
 
 def _check_tokens(tokens: np.ndarray, min_len: int, what: str) -> None:

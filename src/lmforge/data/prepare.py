@@ -19,15 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import sys
 import time
 from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmforge import __version__
 from lmforge.data.clean import FILTER_NAMES, CleanConfig, failed_filter, normalize_text
 from lmforge.data.dedup import DedupConfig, Deduplicator
 from lmforge.data.shards import (
@@ -42,6 +40,10 @@ from lmforge.data.sources import OnBadRecord, SourceReader
 from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, split_key
 from lmforge.errors import ConfigError, DataError
 from lmforge.fileio import atomic_write_json, atomic_write_text, replace_dir
+from lmforge.version import __version__
+
+if TYPE_CHECKING:
+    from lmforge.tokenizers import Tokenizer
 
 JOB_BYTES = 2_000_000  # text per encoding job: large enough to keep tiktoken's threads busy, small for RAM
 _LENGTH = struct.Struct("<Q")  # spool record header: byte length of the document that follows
@@ -50,7 +52,7 @@ _LENGTH = struct.Struct("<Q")  # spool record header: byte length of the documen
 def prepare(
     sources: Sequence[str],
     *,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     out: str | Path,
     text_field: str = "text",
     on_bad_record: OnBadRecord = "skip",
@@ -145,12 +147,12 @@ def _read_clean_dedup(
     readers: list[SourceReader], spool_path: Path, clean: CleanConfig, dedup: DedupConfig, seed: int,
     verbose: bool,
 ) -> _Kept:
-    from tqdm import tqdm
+    from lmforge.progress import progress_bar
 
     kept = _Kept()
     deduplicator = Deduplicator(dedup)
     n_bytes = 0
-    bar = tqdm(desc="read, clean, dedup", unit=" docs", disable=not verbose, file=sys.stderr, mininterval=0.5)
+    bar = progress_bar(desc="read, clean, dedup", unit=" docs", disable=not verbose, mininterval=0.5)
     start = time.perf_counter()
     with bar, open(spool_path, "wb") as spool:
         for reader in readers:
@@ -192,17 +194,17 @@ def _spool_documents(path: Path) -> Iterator[tuple[str, int]]:
 
 
 def _encode_spool(
-    work: Path, tokenizer: Any, codes: Any, *, dtype: str, workers: int, verbose: bool
+    work: Path, tokenizer: Tokenizer, codes: Any, *, dtype: str, workers: int, verbose: bool
 ) -> dict[str, dict[str, int]]:
     """Pass 2: spool -> <split>.bin files. Returns splits.{name}.{documents,tokens,bytes}."""
-    from tqdm import tqdm
+    from lmforge.progress import progress_bar
 
     names = {code: name for name, code in SPLIT_CODES.items()}
     counts = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
     spool = work / "documents.spool"
-    bar = tqdm(
+    bar = progress_bar(
         desc="tokenize", total=spool.stat().st_size, unit="B", unit_scale=True, disable=not verbose,
-        file=sys.stderr, mininterval=0.5,
+        mininterval=0.5,
     )
 
     job_sizes: deque[tuple[int, int]] = deque()  # (documents, bytes) of each job handed to the encoder

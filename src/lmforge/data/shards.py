@@ -19,12 +19,15 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from lmforge.errors import DataError, FormatError
 from lmforge.fileio import read_json
+
+if TYPE_CHECKING:
+    from lmforge.tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -96,7 +99,7 @@ def open_split(dataset_dir: str | Path, split: str) -> np.memmap:
 
 
 def encode_with_separators(
-    tokenizer: Any, texts: list[str], *, dtype: str, num_threads: int = 8
+    tokenizer: Tokenizer, texts: list[str], *, dtype: str, num_threads: int = 8
 ) -> np.ndarray:
     """Encode documents with the fast path and join them as doc, eot, doc, eot, ... (1-D array).
 
@@ -110,7 +113,7 @@ def encode_with_separators(
     return np.array(flat, dtype=DTYPES[dtype])
 
 
-_worker_tokenizer: Any = None  # set once per worker process by _init_worker
+_worker_tokenizer: Tokenizer  # set once per worker process by _init_worker, before any _encode_job
 
 
 def _init_worker(tokenizer_dict: dict[str, Any]) -> None:
@@ -126,7 +129,7 @@ def _encode_job(job: tuple[str, list[str], str]) -> tuple[str, np.ndarray]:
 
 
 def encode_jobs(
-    tokenizer: Any, jobs: Iterable[tuple[str, list[str]]], *, dtype: str, workers: int
+    tokenizer: Tokenizer, jobs: Iterable[tuple[str, list[str]]], *, dtype: str, workers: int
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Encode (split, texts) jobs, yielding (split, ids) in the order the jobs were given.
 
@@ -172,7 +175,7 @@ class SplitWriter:
             f.close()
 
 
-def check_tokenizer_for_shards(tokenizer: Any) -> None:
+def check_tokenizer_for_shards(tokenizer: Tokenizer) -> None:
     if tokenizer.eot_id is None:
         raise DataError(
             "the tokenizer has no '<|endoftext|>' special token, which shards use to separate documents; "

@@ -4,11 +4,12 @@
 - Bits-per-byte divides the total loss by the number of UTF-8 bytes the tokens stand for, not the number
   of tokens, so models with different tokenizers are comparable: bpb = loss * tokens / (bytes * ln 2).
   The token and byte counts of a split come from the dataset's meta.json.
-- `evaluate_lm` averages over *target tokens* (targets of -100 are skipped), not over batches, so a
-  padded last batch counts exactly as much as it should.
+- `evaluate_lm` averages over *target tokens* (IGNORE_INDEX targets are skipped), not over batches, so
+  a padded last batch, or a batch of short answers under a loss mask, counts exactly as much as it
+  should. It is the one held-out loss of lmforge: `lmforge eval`, the trainer's periodic evaluation and
+  the arithmetic recipe's answer-only loss all call it.
 
-This module imports nothing else from lmforge, so the trainer can use it without a dependency cycle.
-Deliberately not here: downstream tasks (evaluation/tasks/), sampling.
+Deliberately not here: downstream tasks (exact match lives with the recipe that defines it), sampling.
 References: Gao et al. 2020, "The Pile" (bits per byte); Hugging Face, "Perplexity of fixed-length models".
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100
+from lmforge.models.gpt import IGNORE_INDEX
 
 
 def perplexity(loss: float) -> float:
@@ -40,7 +41,7 @@ def bits_per_byte(loss: float, *, tokens: int, num_bytes: int) -> float:
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of target positions (not -100) where the argmax of logits (..., V) equals the target."""
+    """Fraction of scored targets (not IGNORE_INDEX) where the argmax of logits (..., V) equals the target."""
     mask = targets != IGNORE_INDEX
     if not mask.any():
         return float("nan")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmforge.errors import ConfigError
+from lmforge.errors import check, is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -41,25 +41,43 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        def bad(field: str, value: object, rule: str) -> ConfigError:
-            return ConfigError(f"sampling: {field}={value!r} is invalid; {rule}")
-
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or (
-            self.temperature < 0
-        ):
-            raise bad("temperature", self.temperature, "use a number >= 0 (0 means greedy)")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise bad("top_k", self.top_k, "use an integer >= 1, or leave it unset to keep all tokens")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise bad("top_p", self.top_p, "use a number in (0, 1]; 1 keeps all tokens")
-        if not (isinstance(self.min_p, (int, float)) and 0 <= self.min_p < 1):
-            raise bad("min_p", self.min_p, "use a number in [0, 1); 0 keeps all tokens")
-        if not (isinstance(self.repetition_penalty, (int, float)) and 0 < self.repetition_penalty < math.inf):
-            raise bad("repetition_penalty", self.repetition_penalty, "use a number > 0; 1 means no penalty")
-        if not (isinstance(self.frequency_penalty, (int, float)) and math.isfinite(self.frequency_penalty)):
-            raise bad("frequency_penalty", self.frequency_penalty, "use a finite number; 0 means no penalty")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise bad("seed", self.seed, "use an integer >= 0")
+        check(
+            is_number(self.temperature) and self.temperature >= 0,
+            "sampling.temperature",
+            self.temperature,
+            "use a number >= 0 (0 means greedy)",
+        )
+        check(
+            self.top_k is None or is_int(self.top_k, 1),
+            "sampling.top_k",
+            self.top_k,
+            "use an integer >= 1, or leave it unset to keep all tokens",
+        )
+        check(
+            is_number(self.top_p) and 0 < self.top_p <= 1,
+            "sampling.top_p",
+            self.top_p,
+            "use a number in (0, 1]; 1 keeps all tokens",
+        )
+        check(
+            is_number(self.min_p) and 0 <= self.min_p < 1,
+            "sampling.min_p",
+            self.min_p,
+            "use a number in [0, 1); 0 keeps all tokens",
+        )
+        check(
+            is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+            "sampling.repetition_penalty",
+            self.repetition_penalty,
+            "use a number > 0; 1 means no penalty",
+        )
+        check(
+            is_number(self.frequency_penalty),
+            "sampling.frequency_penalty",
+            self.frequency_penalty,
+            "use a finite number; 0 means no penalty",
+        )
+        check(self.seed is None or is_int(self.seed, 0), "sampling.seed", self.seed, "use an integer >= 0")
 
     @property
     def greedy(self) -> bool:

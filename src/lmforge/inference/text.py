@@ -8,10 +8,9 @@ The engine speaks token ids; this module adds what needs a tokenizer:
   of one so that a streamed stop string is never half-printed.
 - `stream_text` / `generate_texts`: run an `Engine` on string prompts; `generate`: the one-call
   convenience `lmforge.generate(ckpt_dir_or_model, "prompt", ...) -> str`.
-- `load_checkpoint`: a checkpoint directory -> (model, tokenizer) from its `meta.json`.
 
-Deliberately not here: sampling (sampling.py), batching and the KV cache (engine.py), chat
-conversation management (cli/generate.py).
+Deliberately not here: sampling (sampling.py), batching and the KV cache (engine.py), chat formats and
+conversation management (chat.py), reading checkpoints (`lmforge.models.checkpoints`).
 """
 
 from __future__ import annotations
@@ -19,14 +18,16 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lmforge.errors import ConfigError, FormatError
+from lmforge.errors import ConfigError
 from lmforge.inference.engine import Engine
 from lmforge.inference.sampling import SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+    from lmforge.tokenizers import Tokenizer
 
 
 class IncrementalDetokenizer:
@@ -37,7 +38,7 @@ class IncrementalDetokenizer:
     come out as U+FFFD, exactly as `bytes.decode("utf-8", errors="replace")` of the whole sequence.
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Tokenizer):
         self._decode_bytes = tokenizer.decode_bytes
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -105,21 +106,21 @@ class StopStrings:
         return best
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """Encode a user's prompt; special-token text such as "<|endoftext|>" becomes its special id."""
     if not prompt:
         raise ConfigError("the prompt is empty; give some text to continue")
     return tokenizer.encode(prompt, allowed_special="all")
 
 
-def default_stop_ids(tokenizer: Any) -> tuple[int, ...]:
+def default_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     """Generation ends at the end-of-text token when the tokenizer has one."""
     return () if tokenizer.eot_id is None else (tokenizer.eot_id,)
 
 
 def stream_text(
     engine: Engine,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompt: str | Sequence[int],
     params: SamplingParams,
     *,
@@ -158,7 +159,7 @@ def stream_text(
 
 def generate_texts(
     engine: Engine,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompts: Sequence[str],
     params: SamplingParams,
     *,
@@ -183,28 +184,11 @@ def generate_texts(
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def load_checkpoint(ckpt_dir: str | Path) -> tuple[torch.nn.Module, Any]:
-    """A checkpoint directory -> (GPT in eval mode, its tokenizer from meta.json)."""
-    from lmforge.models import GPT, checkpoint_meta
-    from lmforge.tokenizers import tokenizer_from_dict
-
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        raise FormatError(ckpt_dir, "checkpoint directory not found")
-    meta = checkpoint_meta(ckpt_dir)
-    if "tokenizer" not in meta:
-        raise FormatError(
-            ckpt_dir / "meta.json",
-            "has no 'tokenizer'; generation needs the tokenizer the model was trained with",
-        )
-    return GPT.from_checkpoint(ckpt_dir).eval(), tokenizer_from_dict(meta["tokenizer"])
-
-
 def generate(
     ckpt_dir_or_model: str | Path | torch.nn.Module,
     prompt: str,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     max_new_tokens: int = 100,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -221,7 +205,9 @@ def generate(
     Generation ends after `max_new_tokens`, at the end-of-text token, or before the first stop string.
     """
     if isinstance(ckpt_dir_or_model, (str, Path)):
-        model, tokenizer = load_checkpoint(ckpt_dir_or_model)
+        from lmforge.models.checkpoints import load_checkpoint
+
+        model, tokenizer, _ = load_checkpoint(ckpt_dir_or_model)
     elif tokenizer is None:
         raise ConfigError("generate(model, ...) needs tokenizer=...; a checkpoint directory carries its own")
     else:

@@ -3,7 +3,7 @@
 `from lmforge.models import GPT, GPTConfig, checkpoint_meta`.
 """
 
-from lmforge.models.gpt import GPT, GPTConfig, checkpoint_meta
+from lmforge.models.gpt import GPT, IGNORE_INDEX, GPTConfig, checkpoint_meta
 from lmforge.models.layers import KVCache
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "checkpoint_meta"]
+__all__ = ["GPT", "IGNORE_INDEX", "GPTConfig", "KVCache", "checkpoint_meta"]

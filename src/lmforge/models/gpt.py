@@ -44,10 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.errors import ConfigError, FormatError
+from lmforge.errors import ConfigError, FormatError, check, is_int, is_number
 from lmforge.fileio import atomic_write_json, load_safetensors, read_json, save_safetensors
 from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, rope_tables, sinusoidal_table
 
+# Targets equal to this are not scored by the loss (torch's default ignore_index): padding, prompt tokens
+# under an answer-only or assistant-only loss mask. The one definition; every other module imports it.
+IGNORE_INDEX = -100
 CHECKPOINT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -77,29 +80,44 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            check(
+                is_int(getattr(self, name), 1),
+                f"GPTConfig.{name}",
+                getattr(self, name),
+                "use a positive integer",
+            )
+        check(
+            self.n_embd % self.n_head == 0,
+            "GPTConfig.n_embd",
+            self.n_embd,
+            f"use a multiple of n_head ({self.n_head})",
+        )
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if not isinstance(self.n_kv_head, int) or self.n_kv_head < 1 or self.n_head % self.n_kv_head:
-            raise ConfigError(
-                f"GPTConfig.n_kv_head ({self.n_kv_head!r}) must be a positive divisor of "
-                f"n_head ({self.n_head})"
-            )
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
-            raise ConfigError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}")
+        check(
+            is_int(self.n_kv_head, 1) and self.n_head % self.n_kv_head == 0,
+            "GPTConfig.n_kv_head",
+            self.n_kv_head,
+            f"use a positive divisor of n_head ({self.n_head})",
+        )
+        check(
+            self.n_inner is None or is_int(self.n_inner, 1),
+            "GPTConfig.n_inner",
+            self.n_inner,
+            "use a positive integer, or leave it unset",
+        )
         for name in ("dropout", "rope_theta", "norm_eps", "init_std"):  # numbers, from TOML or a foreign JSON
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"GPTConfig.{name} must be a number, got {value!r}")
+            check(is_number(getattr(self, name)), f"GPTConfig.{name}", getattr(self, name), "use a number")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            check(getattr(self, name) > 0, f"GPTConfig.{name}", getattr(self, name), "use a positive number")
         for name in ("bias", "tie_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+            check(
+                isinstance(getattr(self, name), bool),
+                f"GPTConfig.{name}",
+                getattr(self, name),
+                "use true or false",
+            )
+        check(0.0 <= self.dropout < 1.0, "GPTConfig.dropout", self.dropout, "use a number in [0, 1)")
         choices = {
             "pos_encoding": ("learned", "sinusoidal", "rope"),
             "norm": ("layernorm", "rmsnorm"),
@@ -107,16 +125,24 @@ class GPTConfig:
             "mlp": ("gelu", "swiglu", "relu2"),
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"GPTConfig.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
-                )
-        if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise ConfigError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
-        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise ConfigError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
-            raise ConfigError("GPTConfig.rope_theta, norm_eps and init_std must be positive")
+            check(
+                getattr(self, name) in allowed,
+                f"GPTConfig.{name}",
+                getattr(self, name),
+                f"choose one of {', '.join(allowed)}",
+            )
+        check(
+            self.pos_encoding != "rope" or self.head_dim % 2 == 0,
+            "GPTConfig.n_embd",
+            self.n_embd,
+            f"rotary embeddings need an even head_dim (n_embd / n_head = {self.head_dim})",
+        )
+        check(
+            self.pos_encoding != "sinusoidal" or self.n_embd % 2 == 0,
+            "GPTConfig.n_embd",
+            self.n_embd,
+            "sinusoidal positions need an even n_embd",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -254,7 +280,7 @@ class GPT(nn.Module):
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with last_only) and the mean cross-entropy
-        against targets (B, T) with ignore_index=-100 (None without targets). See the module docstring
+        against targets (B, T), skipping IGNORE_INDEX (None without targets). See the module docstring
         for `kv_cache`."""
         B, T = idx.shape
         if kv_cache is None:
@@ -290,7 +316,7 @@ class GPT(nn.Module):
         if targets is not None:
             # fp32 loss whatever the weight dtype: bf16 log-softmax over 50k entries loses digits
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
             )
         return logits, loss
 
@@ -418,14 +444,6 @@ class GPT(nn.Module):
             model.to(dtype=dtypes.pop())
         model.load_state_dict(tensors, strict=False)  # strict=False only for the tied head, checked above
         return model.to(map_location)
-
-    @classmethod
-    def from_gguf(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> GPT:
-        """The model of a llama or gpt2 GGUF file, dequantized to `dtype` (`lmforge.models.gguf.load_gguf`
-        also returns its tokenizer and chat template)."""
-        from lmforge.models.gguf import load_gguf
-
-        return load_gguf(path, dtype=dtype)[0]
 
 
 def checkpoint_meta(directory: str | Path) -> dict[str, Any]:

@@ -37,31 +37,28 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmforge.errors import ConfigError, DataError
-from lmforge.fileio import atomic_write_json, atomic_write_text, read_toml
-from lmforge.training.config import (
-    ModelSection,
-    OptimSection,
-    TrainSection,
-    apply_overrides,
-    section_dict,
-    section_from_dict,
-    toml_text,
-)
+from lmforge.errors import ConfigError, DataError, check, is_int
+from lmforge.evaluation.metrics import evaluate_lm
+from lmforge.fileio import atomic_write_json
+from lmforge.models.gpt import IGNORE_INDEX
+from lmforge.tokenizers.special import ENDOFTEXT
+from lmforge.training.config import ModelSection, OptimSection, TrainSection
+
+if TYPE_CHECKING:
+    from lmforge.tokenizers import CharTokenizer, Tokenizer
 
 OPERATORS = ("+", "-", "*")
-END = "<|endoftext|>"
+END = ENDOFTEXT  # ends every answer
 PAD = "<|pad|>"
 # Every character a problem, an answer or a scratchpad can contain; one token each.
 CHARS = "0123456789+-*=[],"
-IGNORE_INDEX = -100  # targets the cross-entropy skips (torch's default ignore_index)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -156,27 +153,38 @@ class ArithmeticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def check(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"config: arithmetic.{name}={getattr(self, name)!r} is invalid; {rule}")
+        def rule(ok: bool, name: str, text: str) -> None:
+            check(ok, f"arithmetic.{name}", getattr(self, name), text)
 
-        check(_is_list(self.operators, str) and set(self.operators) <= set(OPERATORS)
-              and len(set(self.operators)) == len(self.operators) and bool(self.operators),
-              "operators", f"use a non-empty list of distinct operators from {list(OPERATORS)}")
-        check(_is_list(self.train_digits, int) and bool(self.train_digits) and min(self.train_digits) >= 1
-              and len(set(self.train_digits)) == len(self.train_digits), "train_digits",
-              "use a non-empty list of distinct digit counts >= 1")
-        check(_is_list(self.ood_digits, int) and all(d > max(self.train_digits) for d in self.ood_digits)
-              and len(set(self.ood_digits)) == len(self.ood_digits), "ood_digits",
-              "use distinct digit counts larger than every train digit count (or [])")
-        check(max(self.train_digits + self.ood_digits) <= 9, "train_digits", "use at most 9 digits")
+        rule(
+            _is_list(self.operators, str)
+            and set(self.operators) <= set(OPERATORS)
+            and len(set(self.operators)) == len(self.operators)
+            and bool(self.operators),
+            "operators",
+            f"use a non-empty list of distinct operators from {list(OPERATORS)}",
+        )
+        rule(
+            _is_list(self.train_digits, int)
+            and bool(self.train_digits)
+            and min(self.train_digits) >= 1
+            and len(set(self.train_digits)) == len(self.train_digits),
+            "train_digits",
+            "use a non-empty list of distinct digit counts >= 1",
+        )
+        rule(
+            _is_list(self.ood_digits, int)
+            and all(d > max(self.train_digits) for d in self.ood_digits)
+            and len(set(self.ood_digits)) == len(self.ood_digits),
+            "ood_digits",
+            "use distinct digit counts larger than every train digit count (or [])",
+        )
+        rule(max(self.train_digits + self.ood_digits) <= 9, "train_digits", "use at most 9 digits")
         for name in ("train_size", "val_size", "test_size"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                  "use an integer >= 1")
-        check(isinstance(self.reverse, bool), "reverse", "use true or false")
-        check(isinstance(self.scratchpad, bool), "scratchpad", "use true or false")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "use an integer")
+            rule(is_int(getattr(self, name), 1), name, "use an integer >= 1")
+        for name in ("reverse", "scratchpad"):
+            rule(isinstance(getattr(self, name), bool), name, "use true or false")
+        rule(is_int(self.seed), "seed", "use an integer")
 
     def train_buckets(self) -> list[tuple[str, int]]:
         return [(op, n) for op in self.operators for n in self.train_digits]
@@ -249,8 +257,8 @@ def make_splits(config: ArithmeticConfig) -> Splits:
         picks = rng.sample(range(size), n_test + n_val + n_train)
         problems = [_problem_at(op, n, k) for k in picks]
         splits.test[(op, n)] = problems[:n_test]
-        splits.val[(op, n)] = problems[n_test:n_test + n_val]
-        splits.train[(op, n)] = problems[n_test + n_val:]
+        splits.val[(op, n)] = problems[n_test : n_test + n_val]
+        splits.train[(op, n)] = problems[n_test + n_val :]
     check_disjoint(splits)
     return splits
 
@@ -271,7 +279,7 @@ def check_disjoint(splits: Splits) -> None:
 # tokenizer and batches
 
 
-def arithmetic_tokenizer() -> Any:
+def arithmetic_tokenizer() -> CharTokenizer:
     """The task's `CharTokenizer`: ids 0..16 for the characters of `CHARS`, then the end and pad tokens."""
     from lmforge.tokenizers import CharTokenizer
 
@@ -279,7 +287,7 @@ def arithmetic_tokenizer() -> Any:
 
 
 def encode_problems(
-    problems: Sequence[Problem], tokenizer: Any, *, reverse: bool, scratchpad: bool, length: int
+    problems: Sequence[Problem], tokenizer: Tokenizer, *, reverse: bool, scratchpad: bool, length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token rows and loss targets for whole problems, one problem per row.
 
@@ -304,7 +312,7 @@ def encode_problems(
             raise DataError(f"problem {problems[i].prompt()} needs {len(row)} tokens; rows hold {length + 1}")
         tokens[i, : len(row)] = row
         start, stop = len(prompt) - 1, len(row) - 1  # targets predicting completion tokens and END
-        targets[i, start:stop] = row[start + 1: stop + 1]
+        targets[i, start:stop] = row[start + 1 : stop + 1]
     return tokens, targets
 
 
@@ -369,7 +377,7 @@ def greedy_generator(model: Any, *, end_id: int) -> Generate:
 
 
 def exact_match(
-    generate: Generate, problems: Sequence[Problem], tokenizer: Any, *, reverse: bool, scratchpad: bool
+    generate: Generate, problems: Sequence[Problem], tokenizer: Tokenizer, *, reverse: bool, scratchpad: bool
 ) -> float:
     """Fraction of problems whose generated final answer equals the true result exactly.
 
@@ -391,7 +399,7 @@ def exact_match(
 def evaluate_buckets(
     model: Any,
     sets: dict[tuple[str, int], list[Problem]],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     reverse: bool,
     scratchpad: bool,
@@ -413,7 +421,7 @@ def accuracy_table(
     """A fixed-width table, one row per bucket, e.g. `+        3    train     2000     99.60%`."""
     ood = set(ood)
     lines = [f"{'operator':<9}{'digits':>6}  {'seen':<6}{'problems':>9}{'exact match':>13}"]
-    for (op, n) in sorted(accuracy, key=lambda b: (OPERATORS.index(b[0]), b[1])):
+    for op, n in sorted(accuracy, key=lambda b: (OPERATORS.index(b[0]), b[1])):
         seen = "OOD" if (op, n) in ood else "train"
         lines.append(f"{op:<9}{n:>6}  {seen:<6}{counts[(op, n)]:>9}{accuracy[(op, n)]:>12.2%}")
     return "\n".join(lines)
@@ -435,8 +443,13 @@ def plot_accuracy(history: Sequence[dict[str, Any]], path: Any, *, title: str) -
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in history[0]["accuracy"] if history else []:
-        ax.plot([h["step"] for h in history], [100 * h["accuracy"][name] for h in history],
-                marker="o", markersize=3, label=f"{name[0]} {name[1:]}-digit")
+        ax.plot(
+            [h["step"] for h in history],
+            [100 * h["accuracy"][name] for h in history],
+            marker="o",
+            markersize=3,
+            label=f"{name[0]} {name[1:]}-digit",
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("exact match on validation problems (%)")
     ax.set_ylim(-2, 102)
@@ -454,14 +467,16 @@ def bucket_name(bucket: tuple[str, int]) -> str:
     return f"{bucket[0]}{bucket[1]}"
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # the recipe's config file and the run
 
 
 @dataclass
 class RecipeConfig:
-    """configs/arithmetic.toml: [arithmetic] (this file) plus the trainer's [model], [optim], [train]."""
+    """configs/arithmetic.toml: [arithmetic] (this file) plus the trainer's [model], [optim], [train].
+
+    Read with `lmforge.training.config.load_config(path, sections=RecipeConfig)`, written with `to_toml`.
+    """
 
     arithmetic: ArithmeticConfig
     model: ModelSection
@@ -469,47 +484,15 @@ class RecipeConfig:
     train: TrainSection
 
 
-def load_recipe_config(path: str | Path, *, overrides: Sequence[str] = ()) -> RecipeConfig:
-    """Read the recipe's TOML file and apply `section.key=value` overrides (values parsed as TOML).
-
-    Example: `arithmetic.operators=["+","*"]`, `train.max_iters=500`, `model.n_layer=2`.
-    """
-    raw = apply_overrides(read_toml(path), overrides)
-    sections = {
-        "arithmetic": ArithmeticConfig, "model": ModelSection, "optim": OptimSection, "train": TrainSection
-    }
-    unknown = set(raw) - set(sections)
-    if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)} (use arithmetic, model, optim, train)")
-    return RecipeConfig(
-        **{
-            name: section_from_dict(cls, raw.get(name, {}), name=name, source=str(path))
-            for name, cls in sections.items()
-        }
-    )
-
-
-def recipe_config_toml(config: RecipeConfig) -> str:
-    """The resolved config as TOML that `load_recipe_config` reads back to an equal config."""
-    sections = {
-        name: section_dict(getattr(config, name)) for name in ("arithmetic", "model", "optim", "train")
-    }
-    return toml_text(sections, header="resolved config of an arithmetic recipe run, defaults included")
-
-
-def masked_loss(model: Any, tokens: np.ndarray, targets: np.ndarray, *, batch_size: int = 1000) -> float:
-    """Mean cross-entropy over the answer tokens (the targets that are not IGNORE_INDEX)."""
+def problem_batches(tokens: np.ndarray, targets: np.ndarray, *, batch_size: int = 1000) -> Iterator[Any]:
+    """The encoded problems in order as (x, y) batches, for `evaluate_lm`'s answer-only loss."""
     import torch
 
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
-            x = torch.from_numpy(tokens[start:start + batch_size, :-1])
-            y = torch.from_numpy(targets[start:start + batch_size])
-            _, loss = model(x, y)
-            n = int((y != IGNORE_INDEX).sum())
-            total, count = total + float(loss) * n, count + n
-    return total / count
+    for start in range(0, len(tokens), batch_size):
+        yield (
+            torch.from_numpy(tokens[start : start + batch_size, :-1]),
+            torch.from_numpy(targets[start : start + batch_size]),
+        )
 
 
 def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -521,10 +504,10 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
     """
     import torch
 
-    from lmforge import seed_everything
     from lmforge.models import GPT
-    from lmforge.training.optim import build_optimizer
-    from lmforge.training.trainer import Trainer
+    from lmforge.models.checkpoints import load_checkpoint
+    from lmforge.training.rng import seed_everything
+    from lmforge.training.trainer import run_training
 
     task, train = config.arithmetic, config.train
     text_format = {"reverse": task.reverse, "scratchpad": task.scratchpad}
@@ -543,8 +526,10 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
     config.model.options.setdefault("block_size", length)
     model_config = config.model.build()
     if model_config.block_size < length or model_config.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(f"model.block_size must be >= {length} and model.vocab_size >= "
-                          f"{tokenizer.vocab_size} for these problems")
+        raise ConfigError(
+            f"model.block_size must be >= {length} and model.vocab_size >= "
+            f"{tokenizer.vocab_size} for these problems"
+        )
     model = GPT(model_config)
     # x drops a row's last token, so rows of the longest training problem are 1 shorter than it;
     # they need not fit OOD problems, which are only ever decoded.
@@ -553,8 +538,11 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
     def encode(problems: Sequence[Problem], width: int) -> tuple[np.ndarray, np.ndarray]:
         return encode_problems(problems, tokenizer, length=width, **text_format)
 
-    batches = ProblemBatches({b: encode(p, train_length) for b, p in splits.train.items()},
-                             batch_size=train.batch_size, seed=train.seed)
+    batches = ProblemBatches(
+        {b: encode(p, train_length) for b, p in splits.train.items()},
+        batch_size=train.batch_size,
+        seed=train.seed,
+    )
     val_tokens, val_targets = encode([p for problems in splits.val.values() for p in problems], train_length)
     eval_seconds = 0.0
 
@@ -562,43 +550,68 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
         nonlocal eval_seconds
         start = time.perf_counter()
         accuracy = evaluate_buckets(m, splits.val, tokenizer, **text_format)
-        metrics = {"loss": masked_loss(m, val_tokens, val_targets),
-                   "accuracy": sum(accuracy.values()) / len(accuracy)}
+        metrics = {
+            "loss": evaluate_lm(m, problem_batches(val_tokens, val_targets))["loss"],
+            "accuracy": sum(accuracy.values()) / len(accuracy),
+        }
         metrics |= {f"accuracy_{bucket_name(b)}": value for b, value in accuracy.items()}
         eval_seconds += time.perf_counter() - start
         return metrics
 
-    optimizer = build_optimizer(model, config.optim)
-    trainer = Trainer(
-        model, optimizer, batches, optim=config.optim, train=train, evaluate=evaluate,
-        checkpoint_meta={"tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(),
-                         "recipe": "arithmetic", "arithmetic": dataclasses.asdict(task)},
-    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", recipe_config_toml(config))
     tokenizer.save(run_dir / "tokenizer.json")
     counts = {name: sum(len(p) for p in getattr(splits, name).values()) for name in ("train", "val", "test")}
-    log(f"problems: {counts['train']:,} train, {counts['val']:,} val, {counts['test']:,} test "
+    log(
+        f"problems: {counts['train']:,} train, {counts['val']:,} val, {counts['test']:,} test "
         f"(+{len(splits.ood)} OOD buckets); model: {model.num_params():,} parameters; "
-        f"rows of {train_length} tokens")
+        f"rows of {train_length} tokens"
+    )
 
     start = time.perf_counter()
-    result = trainer.fit()
+    trainer, result = run_training(
+        config,
+        model,
+        batches,
+        evaluate=evaluate,
+        checkpoint_meta={
+            "tokenizer": tokenizer.to_dict(),
+            "tokenizer_fingerprint": tokenizer.fingerprint(),
+            "recipe": "arithmetic",
+            "arithmetic": dataclasses.asdict(task),
+        },
+    )
     wall_seconds = time.perf_counter() - start
 
+    # The test scores belong to the model as saved: the final checkpoint, read by the one loader.
+    final = trainer.checkpoints.latest() if train.checkpoint else None
+    if final is not None:
+        model = load_checkpoint(final)[0]
     accuracy = evaluate_buckets(model, splits.test, tokenizer, **text_format)
     sizes = {bucket: len(problems) for bucket, problems in splits.test.items()}
     table = accuracy_table(accuracy, sizes, ood=splits.ood)
     log("test exact match (greedy decoding):\n" + table)
-    history = [{"step": row["step"],
-                "accuracy": {bucket_name(b): row[f"accuracy_{bucket_name(b)}"] for b in splits.val}}
-               for row in trainer.history if row["split"] == "val"]
+    history = [
+        {
+            "step": row["step"],
+            "accuracy": {bucket_name(b): row[f"accuracy_{bucket_name(b)}"] for b in splits.val},
+        }
+        for row in trainer.history
+        if row["split"] == "val"
+    ]
     title = f"{'reversed' if task.reverse else 'plain'} answers{', scratchpad' if task.scratchpad else ''}"
     plot_accuracy(history, run_dir / "plots" / "accuracy.png", title=f"arithmetic ({title})")
     results = {
         "format_version": 1,
-        "test": [{"operator": op, "digits": n, "ood": (op, n) in splits.ood, "problems": sizes[(op, n)],
-                  "exact_match": accuracy[(op, n)]} for op, n in accuracy],
+        "test": [
+            {
+                "operator": op,
+                "digits": n,
+                "ood": (op, n) in splits.ood,
+                "problems": sizes[(op, n)],
+                "exact_match": accuracy[(op, n)],
+            }
+            for op, n in accuracy
+        ],
         "steps": result.step,
         "train_seconds": round(wall_seconds - eval_seconds, 1),  # the loop without periodic evaluation
         "wall_seconds": round(wall_seconds, 1),
@@ -608,7 +621,9 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
         "validation": history,
     }
     atomic_write_json(run_dir / "results.json", results)
-    log(f"trained {result.step} steps in {results['train_seconds']:.0f} s (+{eval_seconds:.0f} s of periodic "
-        f"evaluation, {trainer.precision}); wrote results.json and plots/accuracy.png in {run_dir}")
+    log(
+        f"trained {result.step} steps in {results['train_seconds']:.0f} s (+{eval_seconds:.0f} s of periodic "
+        f"evaluation, {trainer.precision}); wrote results.json and plots/accuracy.png in {run_dir}"
+    )
     results["table"] = table
     return results

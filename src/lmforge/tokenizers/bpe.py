@@ -30,7 +30,8 @@ is skipped for good and the next pair is taken. Training stops early when no pai
 Decoding ids that split a UTF-8 character yields U+FFFD for the incomplete bytes (`errors="replace"`);
 `decode_bytes` gives the exact bytes. Lone surrogates in input text (which have no UTF-8 form) are
 encoded as U+FFFD, exactly as tiktoken does, so `decode(encode(s)) == s` for every string without
-lone surrogates. Deliberately not here: file formats (formats.py), split patterns (pretokenize.py).
+lone surrogates. Deliberately not here: reading tokenizer files (formats.py), GPT-2 / tiktoken / Hugging
+Face files (foreign.py), split patterns (pretokenize.py).
 
 References: Sennrich et al. 2016 (BPE for NMT); Radford et al. 2019 (byte-level BPE, GPT-2's
 encoder.py); tiktoken's `_educational.py`; Karpathy's minbpe.
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError, DataError, TokenizerError
+from lmforge.tokenizers.base import FORMAT_VERSION, fingerprint, read_training_text, save_tokenizer_dict
 from lmforge.tokenizers.pretokenize import compile_pattern, resolve_pattern
 from lmforge.tokenizers.special import (
     ENDOFTEXT,
@@ -57,8 +59,6 @@ from lmforge.tokenizers.special import (
     split_on_special,
     without_surrogates,
 )
-
-FORMAT_VERSION = 1
 
 # Pair (left, right) packed into one int for the trainer's dicts: cheaper to hash than a tuple.
 _SHIFT = 21
@@ -71,21 +71,6 @@ _BATCH_CHARS = 4_000_000
 
 # ---------------------------------------------------------------------------------------------------
 # Training
-
-
-def read_training_text(item: str | Path) -> str:
-    """A training item is text, or a Path to a UTF-8 file."""
-    if isinstance(item, str):
-        return item
-    path = Path(item)
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8"
-        ) from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read training file ({e.strerror})") from None
 
 
 def _count_batch(texts: list[str], regex_string: str, special_tokens: tuple[str, ...]) -> Counter[str]:
@@ -163,7 +148,7 @@ def train_merges(
     Example: {"aaabdaaabac": 1}, n_merges=3 -> [(97, 97), (97, 98), (256, 257)]: "aa" -> 256 (Z),
     "ab" -> 257 (Y), "aaab" = Z+Y -> 258 (X), the classic Wikipedia example with byte-level ids.
     """
-    from tqdm.auto import tqdm
+    from lmforge.progress import progress_bar
 
     words: list[list[int]] = []  # each distinct chunk as a list of token ids
     freqs: list[int] = []  # how often that chunk occurs in the corpus
@@ -188,7 +173,7 @@ def train_merges(
     token_bytes = [bytes([b]) for b in range(256)]
     known = set(token_bytes)
     merges: list[tuple[int, int]] = []
-    bar = tqdm(total=n_merges, unit="merge", desc="BPE merges", disable=not progress, mininterval=0.5)
+    bar = progress_bar(total=n_merges, unit="merge", desc="BPE merges", disable=not progress, mininterval=0.5)
     while len(merges) < n_merges and heap:
         negative_count, key = heapq.heappop(heap)
         count = pair_counts[key]
@@ -548,43 +533,10 @@ class BPETokenizer:
         }
 
     def fingerprint(self) -> str:
-        from lmforge.tokenizers.formats import fingerprint
-
         return fingerprint(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        from lmforge.tokenizers.formats import save_tokenizer
-
-        save_tokenizer(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> BPETokenizer:
-        from lmforge.errors import FormatError
-        from lmforge.tokenizers.formats import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
-        if not isinstance(tokenizer, cls):
-            raise FormatError(path, f"holds a {tokenizer.kind!r} tokenizer, not a BPE one")
-        return tokenizer
-
-    @classmethod
-    def from_gpt2(cls, encoder_json_path: str | Path, vocab_bpe_path: str | Path) -> BPETokenizer:
-        from lmforge.tokenizers.formats import gpt2_from_files
-
-        return gpt2_from_files(encoder_json_path, vocab_bpe_path)
-
-    @classmethod
-    def from_tiktoken(
-        cls, path: str | Path, *, pattern: str = "gpt4", special_tokens: dict[str, int] | None = None
-    ) -> BPETokenizer:
-        from lmforge.tokenizers.formats import from_tiktoken_file
-
-        return from_tiktoken_file(path, pattern=pattern, special_tokens=special_tokens)
-
-    def export_hf(self, path: str | Path) -> None:
-        from lmforge.tokenizers.formats import export_hf
-
-        export_hf(self, path)
+        save_tokenizer_dict(self.to_dict(), path)
 
     def __repr__(self) -> str:
         return (

@@ -32,7 +32,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, FormatError, TokenizerError
 from lmforge.tokenizers.bpe import BPETokenizer
-from lmforge.tokenizers.formats import bytes_to_unicode
+from lmforge.tokenizers.foreign import bytes_to_unicode
 from lmforge.tokenizers.pretokenize import CUSTOM
 
 # llama.cpp token types (gguf-py's TokenType)

@@ -1,4 +1,4 @@
-"""A character-level tokenizer with the same interface as `BPETokenizer`, for tiny experiments.
+"""A character-level tokenizer for tiny experiments (the `Tokenizer` protocol of base.py, like BPE).
 
 One id per distinct character seen in training (sorted by code point, so the ids do not depend on
 corpus order), then the special tokens. Encoding a character outside the vocabulary raises
@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmforge.errors import ConfigError, DataError, TokenizerError
+from lmforge.tokenizers.base import FORMAT_VERSION, fingerprint, read_training_text, save_tokenizer_dict
 from lmforge.tokenizers.special import (
     ENDOFTEXT,
     AllowedSpecial,
@@ -19,8 +20,6 @@ from lmforge.tokenizers.special import (
     resolve_allowed,
     split_on_special,
 )
-
-FORMAT_VERSION = 1
 
 
 class CharTokenizer:
@@ -46,8 +45,6 @@ class CharTokenizer:
     ) -> CharTokenizer:
         """The vocabulary is every character of the texts (strings, or Paths of UTF-8 files), special-token
         text excluded."""
-        from lmforge.tokenizers.bpe import read_training_text
-
         seen: set[str] = set()
         for item in texts:
             text = read_training_text(item)
@@ -105,14 +102,10 @@ class CharTokenizer:
         }
 
     def fingerprint(self) -> str:
-        from lmforge.tokenizers.formats import fingerprint
-
         return fingerprint(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        from lmforge.tokenizers.formats import save_tokenizer
-
-        save_tokenizer(self, path)
+        save_tokenizer_dict(self.to_dict(), path)
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, special_tokens={self.special_tokens})"

@@ -8,7 +8,7 @@
 (answer-only loss masks, SFT) reuse the same loop. See docs/training.md.
 """
 
-from lmforge.training.checkpoint import CheckpointManager, load_checkpoint, load_model, save_checkpoint
+from lmforge.training.checkpoint import CheckpointManager, restore_training_state, save_checkpoint
 from lmforge.training.config import (
     Config,
     DataSection,
@@ -20,12 +20,14 @@ from lmforge.training.config import (
     to_toml,
 )
 from lmforge.training.optim import build_optimizer, lr_at, param_groups
+from lmforge.training.rng import seed_everything
 from lmforge.training.trainer import (
     BatchSource,
     Trainer,
     TrainingDiverged,
     TrainResult,
     accumulate_gradients,
+    run_training,
     train_from_config,
 )
 
@@ -43,12 +45,13 @@ __all__ = [
     "accumulate_gradients",
     "build_optimizer",
     "config_from_dict",
-    "load_checkpoint",
     "load_config",
-    "load_model",
     "lr_at",
     "param_groups",
+    "restore_training_state",
+    "run_training",
     "save_checkpoint",
+    "seed_everything",
     "to_toml",
     "train_from_config",
 ]

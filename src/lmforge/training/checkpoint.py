@@ -1,6 +1,6 @@
-"""Checkpoints: atomic save, validated load, keep-last-K plus best, and the RNG state that makes resume exact.
+"""Training checkpoints: atomic save, validated restore of the training state, keep-last-K plus best.
 
-A checkpoint is a directory (see the contract in DESIGN.md):
+A checkpoint is a directory (the artifact table in docs/architecture.md):
 
     step_00000500/
       model.safetensors, meta.json   written by the model's `save_checkpoint` (meta carries the tokenizer)
@@ -14,26 +14,26 @@ a `.tmp` directory that the next save removes). Every file is validated on load 
 raises `FormatError` naming it. Tensors are checked for NaN/inf before anything is written, so a
 checkpoint never holds non-finite values.
 
-Deliberately not here: sharded (FSDP) checkpoints; this writes from rank 0 with full tensors.
+Deliberately not here: the RNG states themselves (rng.py), loading a model to use it
+(`lmforge.models.checkpoints.load_checkpoint`), sharded (FSDP) checkpoints: this writes from rank 0
+with full tensors.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import random
 import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from lmforge.errors import FormatError, LmforgeError
 from lmforge.fileio import atomic_write_json, load_safetensors, read_json, replace_dir, save_safetensors
+from lmforge.models.checkpoints import load_checkpoint
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -41,40 +41,6 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class NonFiniteError(LmforgeError):
     """A tensor about to be saved holds NaN or inf."""
-
-
-# ---------------------------------------------------------------- RNG state
-
-
-def rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's global RNGs as JSON-serialisable values."""
-    version, internal, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [
-            base64.b64encode(s.numpy().tobytes()).decode("ascii") for s in torch.cuda.get_rng_state_all()
-        ]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
-    torch.set_rng_state(_bytes_tensor(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
-
-
-def _bytes_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 # ---------------------------------------------------------------- optimizer state
@@ -162,27 +128,18 @@ def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model(ckpt_dir: str | Path) -> nn.Module:
-    """The model stored in a checkpoint directory (any checkpoint: a training one or an exported one)."""
-    from lmforge.models import GPT
-
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        raise FormatError(ckpt_dir, "checkpoint directory not found")
-    return GPT.from_checkpoint(ckpt_dir)
-
-
-def load_checkpoint(
+def restore_training_state(
     ckpt_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, Any]:
-    """Load weights into `model` and state into `optimizer`; return the trainer state.
+    """Load a checkpoint's weights into `model` and its state into `optimizer`; return the trainer state.
 
     Every file is read and validated before `model` or `optimizer` is touched, so a broken checkpoint
-    raises `FormatError` (naming the file) and leaves them unchanged.
+    raises `FormatError` (naming the file) and leaves them unchanged. The weights are read by the one
+    checkpoint loader (`lmforge.models.checkpoints.load_checkpoint`).
     """
     ckpt_dir = Path(ckpt_dir)
     state = load_trainer_state(ckpt_dir)
-    weights = load_model(ckpt_dir).state_dict()
+    weights = load_checkpoint(ckpt_dir, require_tokenizer=False)[0].state_dict()
     optim_sd = None
     if optimizer is not None:
         path = ckpt_dir / "optimizer.safetensors"

@@ -10,29 +10,27 @@ deliberately tiny: it handles only what these sections contain (str, int, float,
 The `[model]` section is not a copy of `GPTConfig`: it names an optional `preset` and passes every
 other key to `GPTConfig.preset(preset, **keys)`, so the model file stays the one place that defines
 (and validates) model options. `vocab_size` defaults to the dataset tokenizer's.
+
+A recipe with a section of its own (e.g. `[arithmetic]`) declares a dataclass with that section beside
+`model`/`optim`/`train` and passes it as `sections=`: the same reader, overrides and writer serve it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, check, is_int, is_number
 from lmforge.fileio import read_toml
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def _check(condition: bool, section: str, name: str, value: Any, rule: str) -> None:
-    if not condition:
-        raise ConfigError(f"{section}.{name}={value!r} is invalid; {rule}")
 
 
 @dataclass
@@ -43,12 +41,11 @@ class ModelSection:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.preset, str), "model", "preset", self.preset, "use a preset name")
+        check(isinstance(self.preset, str), "model.preset", self.preset, "use a preset name")
         for key, value in self.options.items():
-            _check(
+            check(
                 isinstance(value, (str, int, float, bool)) or value is None,
-                "model",
-                key,
+                f"model.{key}",
                 value,
                 "model options are plain values",
             )
@@ -74,16 +71,13 @@ class DataSection:
     eval_split: str = "val"
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             isinstance(self.dir, str) and bool(self.dir),
-            "data",
-            "dir",
+            "data.dir",
             self.dir,
             "set it to a directory prepared by 'lmforge data prepare'",
         )
-        _check(
-            self.eval_split in ("val", "test"), "data", "eval_split", self.eval_split, "use 'val' or 'test'"
-        )
+        check(self.eval_split in ("val", "test"), "data.eval_split", self.eval_split, "use 'val' or 'test'")
 
 
 @dataclass
@@ -116,27 +110,31 @@ class OptimSection:
 
     def __post_init__(self) -> None:
         s = "optim"
-        _check(self.name in OPTIMIZERS, s, "name", self.name, f"choose one of {OPTIMIZERS}")
-        _check(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"choose one of {SCHEDULES}")
-        _check(_pos(self.lr), s, "lr", self.lr, "use a positive number")
-        _check(
-            _nonneg(self.min_lr) and self.min_lr <= self.lr, s, "min_lr", self.min_lr, "use 0 <= min_lr <= lr"
+        check(self.name in OPTIMIZERS, f"{s}.name", self.name, f"choose one of {OPTIMIZERS}")
+        check(self.schedule in SCHEDULES, f"{s}.schedule", self.schedule, f"choose one of {SCHEDULES}")
+        check(_pos(self.lr), f"{s}.lr", self.lr, "use a positive number")
+        check(
+            _nonneg(self.min_lr) and self.min_lr <= self.lr,
+            f"{s}.min_lr",
+            self.min_lr,
+            "use 0 <= min_lr <= lr",
         )
-        _check(_int(self.warmup_iters, 0), s, "warmup_iters", self.warmup_iters, "use an integer >= 0")
-        _check(_int(self.decay_iters, 0), s, "decay_iters", self.decay_iters, "use an integer >= 0")
-        _check(_nonneg(self.weight_decay), s, "weight_decay", self.weight_decay, "use a number >= 0")
-        _check(
+        check(is_int(self.warmup_iters, 0), f"{s}.warmup_iters", self.warmup_iters, "use an integer >= 0")
+        check(is_int(self.decay_iters, 0), f"{s}.decay_iters", self.decay_iters, "use an integer >= 0")
+        check(_nonneg(self.weight_decay), f"{s}.weight_decay", self.weight_decay, "use a number >= 0")
+        check(
             isinstance(self.decay_embeddings, bool),
-            s,
-            "decay_embeddings",
+            f"{s}.decay_embeddings",
             self.decay_embeddings,
             "true/false",
         )
         for name in ("beta1", "beta2", "momentum"):
             value = getattr(self, name)
-            _check(_nonneg(value) and value < 1, s, name, value, "use a number in [0, 1)")
-        _check(_pos(self.eps), s, "eps", self.eps, "use a positive number")
-        _check(_nonneg(self.grad_clip), s, "grad_clip", self.grad_clip, "use a number >= 0 (0 = no clipping)")
+            check(_nonneg(value) and value < 1, f"{s}.{name}", value, "use a number in [0, 1)")
+        check(_pos(self.eps), f"{s}.eps", self.eps, "use a positive number")
+        check(
+            _nonneg(self.grad_clip), f"{s}.grad_clip", self.grad_clip, "use a number >= 0 (0 = no clipping)"
+        )
 
 
 @dataclass
@@ -181,7 +179,9 @@ class TrainSection:
 
     def __post_init__(self) -> None:
         s = "train"
-        _check(isinstance(self.out_dir, str) and bool(self.out_dir), s, "out_dir", self.out_dir, "use a path")
+        check(
+            isinstance(self.out_dir, str) and bool(self.out_dir), f"{s}.out_dir", self.out_dir, "use a path"
+        )
         for name, low in (
             ("max_iters", 1),
             ("batch_size", 1),
@@ -194,44 +194,34 @@ class TrainSection:
             ("max_nonfinite_steps", 1),
         ):
             value = getattr(self, name)
-            _check(_int(value, low), s, name, value, f"use an integer >= {low}")
-        _check(self.precision in PRECISIONS, s, "precision", self.precision, f"choose one of {PRECISIONS}")
-        _check(
-            _nonneg(self.peak_tflops), s, "peak_tflops", self.peak_tflops, "use a number >= 0 (0 = measure)"
+            check(is_int(value, low), f"{s}.{name}", value, f"use an integer >= {low}")
+        check(self.precision in PRECISIONS, f"{s}.precision", self.precision, f"choose one of {PRECISIONS}")
+        check(
+            _nonneg(self.peak_tflops), f"{s}.peak_tflops", self.peak_tflops, "use a number >= 0 (0 = measure)"
         )
-        _check(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool), s, "seed", self.seed, "an integer"
-        )
+        check(is_int(self.seed), f"{s}.seed", self.seed, "use an integer")
         for name in ("compile", "checkpoint", "tensorboard", "progress"):
-            _check(isinstance(getattr(self, name), bool), s, name, getattr(self, name), "use true or false")
+            check(
+                isinstance(getattr(self, name), bool), f"{s}.{name}", getattr(self, name), "use true or false"
+            )
 
 
 @dataclass
 class Config:
+    """The sections of `lmforge train`: each field is one TOML table."""
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=lambda: DataSection(dir="data/default"))
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
 
 
-def _int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def _nonneg(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
+    return is_number(value) and value >= 0
 
 
 def _pos(value: Any) -> bool:
-    return _nonneg(value) and value > 0
-
-
-_SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "train": TrainSection}
+    return is_number(value) and value > 0
 
 
 def _parse_value(text: str) -> Any:
@@ -264,15 +254,21 @@ def section_from_dict(cls: type, values: Any, *, name: str, source: str = "confi
         raise ConfigError(f"{source}: {error}") from None
 
 
-def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
-    """Build and validate a `Config` from nested dicts (parsed TOML); unknown keys are errors."""
-    unknown = set(raw) - set(_SECTIONS)
+def config_from_dict(raw: dict[str, Any], *, source: str = "config", sections: type = Config) -> Any:
+    """Build and validate a config from nested dicts (parsed TOML); unknown sections and keys are errors.
+
+    `sections` is the dataclass whose fields are the config's sections: `Config` for `lmforge train`; a
+    recipe passes its own, which adds a section of its own beside model/optim/train (e.g. the arithmetic
+    recipe's `[arithmetic]`). A section missing from `raw` takes its defaults.
+    """
+    types = typing.get_type_hints(sections)
+    unknown = set(raw) - set(types)
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
-    return Config(
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(types)}")
+    return sections(
         **{
             name: section_from_dict(cls, raw.get(name, {}), name=name, source=source)
-            for name, cls in _SECTIONS.items()
+            for name, cls in types.items()
         }
     )
 
@@ -291,12 +287,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def load_config(path: str | Path | None, *, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path | None, *, overrides: Sequence[str] = (), sections: type = Config) -> Any:
     """Read a TOML config (defaults when `path` is None) and apply `section.key=value` overrides."""
     raw: dict[str, Any] = {} if path is None else read_toml(path)
     apply_overrides(raw, overrides)
     source = str(path) if path is not None else "config"
-    return config_from_dict(raw, source=f"{source} with --set overrides" if overrides else source)
+    source = f"{source} with --set overrides" if overrides else source
+    return config_from_dict(raw, source=source, sections=sections)
 
 
 def _toml_value(value: Any) -> str:
@@ -311,11 +308,6 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
 
 
-def to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """Nested plain dicts, the inverse of `config_from_dict`."""
-    return {name: section_dict(getattr(config, name)) for name in _SECTIONS}
-
-
 def section_dict(section: Any) -> dict[str, Any]:
     """A config section as a plain dict (the model's options flattened back beside `preset`)."""
     if isinstance(section, ModelSection):
@@ -323,15 +315,14 @@ def section_dict(section: Any) -> dict[str, Any]:
     return dataclasses.asdict(section)
 
 
-def toml_text(sections: dict[str, dict[str, Any]], *, header: str) -> str:
-    """Write `{section: {key: value}}` as TOML (None values are left out: the default applies)."""
-    lines = [f"# {header}"]
-    for name, values in sections.items():
-        lines.append(f"\n[{name}]")
+def to_toml(config: Any) -> str:
+    """The config (any `sections` dataclass) as TOML text that `load_config` reads back to an equal one.
+
+    None values are left out: the default applies when the file is read again.
+    """
+    lines = ["# resolved lmforge config: every setting of this run, defaults included"]
+    for f in dataclasses.fields(config):
+        lines.append(f"\n[{f.name}]")
+        values = section_dict(getattr(config, f.name))
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
     return "\n".join(lines) + "\n"
-
-
-def to_toml(config: Config) -> str:
-    """The config as TOML text that `load_config` reads back to an equal `Config`."""
-    return toml_text(to_dict(config), header="resolved lmforge config: every setting of this run")

@@ -1,7 +1,8 @@
 """What a run shows and leaves behind: progress bar, `metrics.csv`, TensorBoard events, PNG plots, MFU.
 
 `RunLogger` receives rows of metrics (`log(step, "train" | "val", {...})`) and fans them out:
-- a tqdm bar whose postfix shows loss, tokens/s and MFU;
+- a progress bar whose postfix shows loss, tokens/s and MFU (tqdm in a terminal, a plain line per
+  tenth of the run in a log or CI: `lmforge.progress`);
 - `metrics.csv` (one row per log line, a fixed set of columns so the file is easy to read in pandas);
 - TensorBoard scalars under `events/` (`tensorboard --logdir RUN_DIR/events`);
 - `plots/loss.png`, `plots/lr.png`, `plots/grad_norm.png` (matplotlib, Agg backend: no display needed).
@@ -98,9 +99,11 @@ class RunLogger:
             # purge_step drops events at or after the resumed step left by the interrupted run
             self._tb = SummaryWriter(str(self.run_dir / "events"), purge_step=initial_step or None)
         if progress:
-            from tqdm.auto import tqdm
+            from lmforge.progress import progress_bar
 
-            self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+            self._bar = progress_bar(
+                total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True
+            )
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         """Record one row: CSV, TensorBoard (`split/name`), history, and the bar's postfix for train rows."""

@@ -7,7 +7,7 @@
 - `lr_at` is the whole schedule as a pure function of the step, so it is tested by hand and a resumed
   run needs no scheduler state.
 
-Deliberately not here: the loop (trainer.py), ZeRO/FSDP sharding of the optimizer state (distributed.py).
+Deliberately not here: the loop (trainer.py), ZeRO/FSDP sharding of the optimizer state (not written yet).
 References: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW); "SGDR" (cosine
 schedule); Goyal et al. 2017 (linear warmup).
 """

@@ -1,7 +1,8 @@
 """The training loop: gradient accumulation, clipping, mixed precision, evaluation, checkpoints, resume.
 
 `Trainer` knows nothing about files of tokens. It takes
-- a model with `model(x, y) -> (logits, mean loss over targets != -100)` (lmforge's GPT, or anything alike),
+- a model with `model(x, y) -> (logits, mean loss over targets != IGNORE_INDEX)` (lmforge's GPT, or
+  anything alike), scored by an *objective* (`objectives.py`; next-token cross-entropy by default),
 - an optimizer (see optim.py),
 - a *batch source* with `next_batch() -> (x, y)`, `state_dict()` and `load_state_dict()` (the
   `BatchSource` protocol; `lmforge.data.datasets.RandomWindows` is one, an SFT or arithmetic recipe
@@ -18,8 +19,8 @@ norm is not finite; after `max_nonfinite_steps` such steps in a row the run stop
 
 Distributed-ready: no module-level state; `rank`/`world_size` decide who logs and checkpoints, and the
 batch source is expected to be sharded by rank (RandomWindows(rank=, world_size=)). Wrapping the model
-in DDP/FSDP (and all-reducing N across ranks) is left to `distributed.py` in a later issue.
-Deliberately not here: objectives other than "the model returns its loss" (objectives.py), sampling.
+in DDP/FSDP (and all-reducing N across ranks) is not written yet: a world size above 1 is refused.
+Deliberately not here: the losses themselves (objectives.py), sampling, checkpoint files (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ from torch import nn
 
 from lmforge.errors import ConfigError, FormatError, LmforgeError
 from lmforge.fileio import atomic_write_text
-from lmforge.training.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from lmforge.training.checkpoint import CheckpointManager, restore_training_state
 from lmforge.training.config import Config, OptimSection, TrainSection, to_toml
 from lmforge.training.logging import RunLogger, measure_matmul_peak
+from lmforge.training.objectives import Objective, causal_lm, count_targets
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
-
-IGNORE_INDEX = -100
+from lmforge.training.rng import rng_state, seed_everything, set_rng_state
 
 
 class TrainingDiverged(LmforgeError):
@@ -105,26 +106,27 @@ def accumulate_gradients(
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     *,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    objective: Objective = causal_lm,
 ) -> float:
-    """Forward + backward over micro-batches; returns the mean loss over all their target tokens.
+    """Forward + backward over micro-batches; returns the mean loss over all their scored targets.
 
-    Each micro-batch's mean loss is weighted by its share n_i / N of the target tokens (targets of -100
-    do not count), so the accumulated gradients equal those of one batch made of all micro-batches.
+    Each micro-batch's mean loss is weighted by its share n_i / N of the scored targets (IGNORE_INDEX
+    targets do not count), so the accumulated gradients equal those of one batch made of all micro-batches.
     Example: n = (3, 1) target tokens with mean losses (2.0, 6.0) -> 3/4 * 2.0 + 1/4 * 6.0 = 3.0, the
     mean over the 4 tokens; the naive (2.0 + 6.0) / 2 = 4.0 would over-weight the short micro-batch.
     """
-    counts = [int((y != IGNORE_INDEX).sum()) for _, y in micro_batches]
+    counts = [count_targets(y) for _, y in micro_batches]
     total = sum(counts)
     if total == 0:
         raise LmforgeError(
-            "a training batch has no target tokens (every target is -100); check the batch source"
+            "a training batch has no target tokens (every target is IGNORE_INDEX); check the batch source"
         )
     loss_sum = 0.0
     for (x, y), n in zip(micro_batches, counts, strict=True):
         if n == 0:  # its mean loss would be 0/0
             continue
         with autocast():
-            _, loss = model(x, y)
+            loss = objective(model, x, y)
         (loss * (n / total)).backward()
         loss_sum += loss.item() * n
     return loss_sum / total
@@ -157,6 +159,7 @@ class Trainer:
         train: TrainSection,
         evaluate: EvalFn | None = None,
         checkpoint_meta: dict[str, Any] | None = None,
+        objective: Objective = causal_lm,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -171,6 +174,7 @@ class Trainer:
         self.optim_config = optim
         self.config = train
         self.evaluate = evaluate
+        self.objective = objective
         self.checkpoint_meta = checkpoint_meta or {}
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
@@ -203,7 +207,7 @@ class Trainer:
         """Load model, optimizer, RNG, data position and counters from a checkpoint directory."""
         ckpt_dir = Path(ckpt_dir)
         try:
-            state = load_checkpoint(ckpt_dir, model=self.model, optimizer=self.optimizer)
+            state = restore_training_state(ckpt_dir, model=self.model, optimizer=self.optimizer)
         except FormatError as e:
             hint = (
                 self.checkpoints.describe_fallback(ckpt_dir)
@@ -272,7 +276,9 @@ class Trainer:
                     tuple(t.to(self.device) for t in self.batches.next_batch())
                     for _ in range(cfg.grad_accum_steps)
                 ]
-                train_loss = accumulate_gradients(self.forward_model, micro, autocast=self.autocast)
+                train_loss = accumulate_gradients(
+                    self.forward_model, micro, autocast=self.autocast, objective=self.objective
+                )
                 # Clipping to inf still returns the norm, which is logged either way.
                 max_norm = self.optim_config.grad_clip or float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=max_norm))
@@ -372,76 +378,34 @@ class Trainer:
 # ---------------------------------------------------------------- the standard LM case
 
 
-def train_from_config(config: Config, *, resume: bool | str | Path = False) -> TrainResult:
-    """Causal-LM pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it.
-
-    `resume=True` continues from the newest checkpoint in the run dir, a path from that checkpoint.
-    Writes the resolved config to `<out_dir>/config.toml`.
+def run_training(
+    config: Any,
+    model: nn.Module,
+    batches: BatchSource,
+    *,
+    evaluate: EvalFn | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    objective: Objective = causal_lm,
+    resume: bool | str | Path = False,
+) -> tuple[Trainer, TrainResult]:
+    """The wiring every training command shares: optimizer, `Trainer`, resume point, the resolved config
+    in `<out_dir>/config.toml`, then `fit()`. `config` has `optim` and `train` sections (`Config`, or a
+    recipe's own sections dataclass). `resume=True` continues from the newest checkpoint of the run dir,
+    a path from that checkpoint. Returns the trainer (its history, precision) and the result.
     """
-    from lmforge import seed_everything
-    from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
-    from lmforge.data.shards import load_meta, open_split
-    from lmforge.evaluation.metrics import evaluate_lm
-    from lmforge.models import GPT
-    from lmforge.tokenizers import tokenizer_from_dict
-
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world_size > 1:
         raise ConfigError("distributed training (torchrun) is not implemented yet; run a single process")
-    train, data = config.train, config.data
-    seed_everything(train.seed)
-    meta = load_meta(data.dir)
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
-    if "vocab_size" not in config.model.options:
-        config.model.options["vocab_size"] = tokenizer.vocab_size  # resolved: written into config.toml
-    model_config = config.model.build()
-    if model_config.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size} ids"
-        )
-    model = GPT(model_config)
     optimizer = build_optimizer(model, config.optim)
-    batches = RandomWindows(
-        open_split(data.dir, "train"),
-        block_size=model_config.block_size,
-        batch_size=train.batch_size,
-        seed=train.seed,
-        rank=rank,
-        world_size=world_size,
-    )
-    eval_tokens = open_split(data.dir, data.eval_split)
-    split_counts = meta["splits"][data.eval_split]
-    bytes_per_token = split_counts["bytes"] / split_counts["tokens"] if split_counts["bytes"] else None
-
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        T, B = model_config.block_size, train.batch_size
-        if train.eval_batches:  # a fixed sample spread over the whole split, not just its first document
-            windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
-        else:
-            windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
-        metrics = evaluate_lm(
-            m,
-            windows,
-            device=trainer.device,
-            autocast=trainer.autocast,
-            bytes_per_token=bytes_per_token,
-        )
-        metrics.pop("tokens")
-        return metrics
-
     trainer = Trainer(
         model,
         optimizer,
         batches,
         optim=config.optim,
-        train=train,
+        train=config.train,
         evaluate=evaluate,
-        checkpoint_meta={
-            "tokenizer": meta["tokenizer"],
-            "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
-            "dataset": str(data.dir),
-        },
+        checkpoint_meta=checkpoint_meta,
+        objective=objective,
         rank=rank,
         world_size=world_size,
     )
@@ -455,4 +419,60 @@ def train_from_config(config: Config, *, resume: bool | str | Path = False) -> T
     if trainer.is_main:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(trainer.run_dir / "config.toml", to_toml(config))
-    return trainer.fit(resume_from=resume_from)
+    return trainer, trainer.fit(resume_from=resume_from)
+
+
+def train_from_config(config: Config, *, resume: bool | str | Path = False) -> TrainResult:
+    """Causal-LM pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it."""
+    from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
+    from lmforge.data.shards import load_meta, open_split
+    from lmforge.evaluation.metrics import evaluate_lm
+    from lmforge.models import GPT
+    from lmforge.tokenizers import tokenizer_from_dict
+
+    train, data = config.train, config.data
+    seed_everything(train.seed)
+    meta = load_meta(data.dir)
+    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    if "vocab_size" not in config.model.options:
+        config.model.options["vocab_size"] = tokenizer.vocab_size  # resolved: written into config.toml
+    model_config = config.model.build()
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ids"
+        )
+    model = GPT(model_config)
+    batches = RandomWindows(
+        open_split(data.dir, "train"),
+        block_size=model_config.block_size,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
+    eval_tokens = open_split(data.dir, data.eval_split)
+    split_counts = meta["splits"][data.eval_split]
+    bytes_per_token = split_counts["bytes"] / split_counts["tokens"] if split_counts["bytes"] else None
+    device = resolve_device(train.device)
+    autocast = autocast_for(device, resolve_precision(train.precision, device))
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        T, B = model_config.block_size, train.batch_size
+        if train.eval_batches:  # a fixed sample spread over the whole split, not just its first document
+            windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
+        else:
+            windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
+        metrics = evaluate_lm(m, windows, device=device, autocast=autocast, bytes_per_token=bytes_per_token)
+        metrics.pop("tokens")
+        return metrics
+
+    checkpoint_meta = {
+        "tokenizer": meta["tokenizer"],
+        "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
+        "dataset": str(data.dir),
+    }
+    _, result = run_training(
+        config, model, batches, evaluate=evaluate, checkpoint_meta=checkpoint_meta, resume=resume
+    )
+    return result

@@ -1,0 +1,48 @@
+"""Opening a checkpoint directory: the one loader behind generate, chat, eval, sample, convert and recipes.
+
+    model, tokenizer, meta = load_checkpoint("runs/shakespeare/checkpoints/best")
+
+A checkpoint directory holds `model.safetensors` and `meta.json` (model config, the tokenizer that
+the model was trained with, and whatever the writer added: dataset, chat template, recipe settings);
+a training checkpoint also holds `optimizer.safetensors` and `trainer_state.json`, which only
+`lmforge.training.checkpoint.restore_training_state` reads. Every file is validated: anything missing,
+corrupt or inconsistent raises `FormatError` naming the file.
+
+Deliberately not here: writing checkpoints (`GPT.save_checkpoint`, the trainer's `save_checkpoint`),
+optimizer and RNG state (training), moving the model to a device or dtype (the caller's choice).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.errors import FormatError
+from lmforge.models.gpt import GPT, META_FILE, checkpoint_meta
+
+if TYPE_CHECKING:
+    from lmforge.tokenizers.base import Tokenizer
+
+
+def load_checkpoint(
+    ckpt_dir: str | Path, *, require_tokenizer: bool = True
+) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
+    """A checkpoint directory -> (model in eval mode, its tokenizer, meta.json as a dict).
+
+    The tokenizer is None only when `require_tokenizer=False` and meta.json has none (weights converted
+    without one); otherwise its absence is a `FormatError`, since text in or out needs it.
+    """
+    from lmforge.tokenizers import tokenizer_from_dict
+
+    ckpt_dir = Path(ckpt_dir)
+    meta = checkpoint_meta(ckpt_dir)
+    tokenizer = None
+    if "tokenizer" in meta:
+        tokenizer = tokenizer_from_dict(meta["tokenizer"], source=ckpt_dir / META_FILE)
+    elif require_tokenizer:
+        raise FormatError(
+            ckpt_dir / META_FILE,
+            "has no 'tokenizer'; text in or out needs the tokenizer the model was trained with "
+            "(convert the model with its tokenizer, or train it with lmforge)",
+        )
+    return GPT.from_checkpoint(ckpt_dir).eval(), tokenizer, meta

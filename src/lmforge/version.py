@@ -1,0 +1,4 @@
+"""The package version, in a module of its own so that any layer can record it without importing the front
+file (which re-exports the high-level API)."""
+
+__version__ = "0.1.0"
