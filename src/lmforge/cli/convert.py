@@ -15,6 +15,12 @@ So lmforge -> hf -> lmforge keeps the tokenizer (same fingerprint). A tokenizer.
 byte-level BPE with lmforge's id layout is an error naming it, unless vocab.json + merges.txt are there too
 (then they are used, with a note). A checkpoint without a tokenizer, or with a character tokenizer (no HF
 equivalent), converts its weights alone, with a printed note.
+
+GGUF (llama.cpp's one-file format, `lmforge.models.gguf`) carries its tokenizer and chat template inside:
+  gguf -> lmforge  FILE -> DIR: weights dequantized to --dtype f32 or bf16; meta.json gets the tokenizer,
+                   the bos/eos/pad tokens and the Jinja chat template ("chat_template_jinja").
+  lmforge -> gguf  DIR -> FILE: --dtype f32, f16 or q8_0; the tokenizer (BPE only), roles and chat
+                   template from meta.json go into the file.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ if TYPE_CHECKING:
     from lmforge.tokenizers import BPETokenizer
 
 HF_TOKENIZER, VOCAB, MERGES = "tokenizer.json", "vocab.json", "merges.txt"
+FORMATS = ("hf", "lmforge", "gguf")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a GPT-2 or Llama (weights and tokenizer) between Hugging Face and lmforge",
+        help="convert a GPT-2 or Llama (weights and tokenizer) between Hugging Face, GGUF and lmforge",
         description="Convert a Hugging Face GPT-2 or Llama directory into an lmforge checkpoint directory,\n"
         "or back, tokenizer included, so that DST is ready for `lmforge generate` or for\n"
         "transformers' from_pretrained(DST). The architecture follows the model: config.json's\n"
@@ -47,22 +54,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  lmforge -> hf   model.safetensors + meta.json -> config.json + model.safetensors;\n"
         "                  a BPE tokenizer in meta.json -> tokenizer.json, and its <|endoftext|> id\n"
         "                  -> config.json's bos_token_id / eos_token_id\n"
+        "  gguf -> lmforge FILE.gguf -> model.safetensors (dequantized, --dtype f32|bf16) + meta.json\n"
+        "                  with the tokenizer, bos/eos/pad tokens and the Jinja chat template\n"
+        "  lmforge -> gguf llama or gpt2 architecture, --dtype f32|f16|q8_0, with the tokenizer,\n"
+        "                  roles and chat template of meta.json, laid out as llama.cpp's converter does\n"
         "Without a tokenizer (or with a char tokenizer, which HF cannot express) only the weights are\n"
         "converted, and a note says so. lmforge -> hf -> lmforge keeps the tokenizer.\n"
         "\n"
         "examples:\n"
         "  lmforge convert --from hf --to lmforge ./gpt2-hf ./ckpt/gpt2\n"
-        "  lmforge convert --from lmforge --to hf runs/shakespeare-bpe/checkpoints/best ./shakespeare-hf",
+        "  lmforge convert --from lmforge --to hf runs/shakespeare-bpe/checkpoints/best ./shakespeare-hf\n"
+        "  lmforge convert --from gguf --to lmforge SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2 --dtype bf16\n"
+        "  lmforge convert --from lmforge --to gguf ./smollm2 smollm2-q8.gguf --dtype q8_0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--from", dest="source_format", choices=FORMATS, required=True, help="format of SRC")
+    p.add_argument("--to", dest="target_format", choices=FORMATS, required=True, help="format of DST")
+    p.add_argument("src", metavar="SRC", help="source directory (a .gguf file for --from gguf)")
+    p.add_argument("dst", metavar="DST", help="destination directory, or .gguf file for --to gguf")
     p.add_argument(
-        "--from", dest="source_format", choices=("hf", "lmforge"), required=True, help="format of SRC"
+        "--dtype",
+        choices=("f32", "bf16", "f16", "q8_0"),
+        default="f32",
+        help="weights of DST: f32 or bf16 for --from gguf (dequantized), f32, f16 or q8_0 for --to gguf "
+        "(default f32); hf <-> lmforge always keeps float32",
     )
-    p.add_argument(
-        "--to", dest="target_format", choices=("hf", "lmforge"), required=True, help="format of DST"
-    )
-    p.add_argument("src", metavar="SRC", help="source directory")
-    p.add_argument("dst", metavar="DST", help="destination directory (created if missing)")
     p.set_defaults(func=run)
 
 
@@ -154,13 +170,67 @@ def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
     return model, f"tokenizer: BPE, {tokenizer.vocab_size:,} ids, {_eot(tokenizer)} -> tokenizer.json"
 
 
+def _gguf_to_lmforge(src: Path, dst: Path, dtype: str) -> tuple[GPT, str]:
+    """Convert; return the model and a line about the tokenizer and template."""
+    import torch
+
+    from lmforge.errors import ConfigError
+    from lmforge.models.gguf import JINJA_TEMPLATE_KEY, load_gguf
+
+    if dtype not in ("f32", "bf16"):
+        raise ConfigError(f"--dtype {dtype} is for --to gguf; a GGUF file is dequantized to f32 or bf16")
+    model, tokenizer, meta = load_gguf(src, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    model.save_checkpoint(dst, meta=meta)
+    if tokenizer is None:
+        return model, f"note: {src} has no tokenizer, so the checkpoint has none"
+    template = "a chat template" if JINJA_TEMPLATE_KEY in meta else "no chat template"
+    return (
+        model,
+        f"tokenizer: BPE, {tokenizer.vocab_size:,} ids, {meta.get('eos_token')!r} ends a turn; {template}",
+    )
+
+
+def _lmforge_to_gguf(src: Path, dst: Path, dtype: str) -> tuple[GPT, str]:
+    """Convert; return the model and a line about the tokenizer and template."""
+    from lmforge.errors import ConfigError
+    from lmforge.models.checkpoints import load_checkpoint
+    from lmforge.models.gguf import JINJA_TEMPLATE_KEY, save_gguf
+    from lmforge.models.gpt import META_FILE
+    from lmforge.tokenizers import BPETokenizer
+
+    if dtype not in ("f32", "f16", "q8_0"):
+        raise ConfigError(f"--dtype {dtype} is for --from gguf; a GGUF file is written as f32, f16 or q8_0")
+    model, tokenizer, meta = load_checkpoint(src, require_tokenizer=False)
+    if not isinstance(tokenizer, BPETokenizer):
+        save_gguf(model, dst, dtype=dtype)
+        kind = "no" if tokenizer is None else f"a {tokenizer.kind}"
+        return (
+            model,
+            f"note: {src / META_FILE} has {kind} tokenizer, so {dst} has no vocabulary (llama.cpp needs one)",
+        )
+    roles = {role: meta[role] for role in ("bos_token", "eos_token", "pad_token") if role in meta} or None
+    template = meta.get(JINJA_TEMPLATE_KEY)
+    save_gguf(model, dst, dtype=dtype, tokenizer=tokenizer, roles=roles, chat_template=template)
+    with_template = "and chat template " if template else ""
+    return model, f"tokenizer {with_template}written: BPE, {tokenizer.vocab_size:,} ids"
+
+
 def run(args: argparse.Namespace) -> int:
     from lmforge.errors import ConfigError
 
+    pair = (args.source_format, args.target_format)
     if args.source_format == args.target_format:
         raise ConfigError(f"--from and --to are both {args.source_format!r}; nothing to convert")
-    convert = _hf_to_lmforge if args.source_format == "hf" else _lmforge_to_hf
-    model, note = convert(Path(args.src), Path(args.dst))
+    if "lmforge" not in pair:
+        raise ConfigError(f"convert {pair[0]} -> lmforge, then lmforge -> {pair[1]}")
+    if "gguf" in pair:
+        convert_gguf = _gguf_to_lmforge if pair[0] == "gguf" else _lmforge_to_gguf
+        model, note = convert_gguf(Path(args.src), Path(args.dst), args.dtype)
+    else:
+        if args.dtype != "f32":
+            raise ConfigError("--dtype is for GGUF conversions; hf <-> lmforge keeps float32")
+        convert = _hf_to_lmforge if args.source_format == "hf" else _lmforge_to_hf
+        model, note = convert(Path(args.src), Path(args.dst))
     from lmforge.models.convert import hf_architecture
 
     architecture = "Llama" if hf_architecture(model.config) == "llama" else "GPT-2"

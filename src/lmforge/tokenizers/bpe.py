@@ -2,7 +2,11 @@
 
 Token ids: the 256 single bytes first (`byte_ids[b]` is the id of byte b; the identity for tokenizers
 we train, GPT-2's own order for GPT-2), then one id per merge in the order the merges were learned
-(merge i creates id 256 + i), then the special tokens. A merge's id is also its priority, so
+(merge i creates id 256 + i), then the special tokens. Imported vocabularies may shift that layout:
+some (SmolLM2's) put their special tokens first and lack the bytes that never occur in their training
+text, so `byte_ids[b]` may be None and merge i creates id `first_merge_id + i`, one past the last byte
+id; ids below it that are no byte must be special tokens. Text with a byte the vocabulary lacks cannot
+be encoded (TokenizerError). A merge's id is also its priority, so
 "apply the earliest-learned merge first" (the reference encoder, GPT-2's original `bpe()`) and
 "merge the adjacent pair whose concatenated bytes have the lowest rank" (tiktoken) rank candidate
 merges identically. They could still disagree if two ids had the same bytes (tiktoken would see only
@@ -278,47 +282,78 @@ class BPETokenizer:
         special_tokens: dict[str, int] | None = None,
         byte_ids: Sequence[int] | None = None,
     ):
-        """Build from merges (merge i creates id 256 + i) and special tokens (name -> id above the merges).
+        """Build from merges (merge i creates id `first_merge_id` + i, 256 when the bytes are 0..255) and
+        special tokens (name -> id after the merges, or in the ids below the merges no byte uses).
 
         Raises TokenizerError for an inconsistent vocabulary (loaders turn it into a FormatError).
         """
         self.pattern_name, self.pattern = resolve_pattern(pattern, pattern_regex)
-        self.byte_ids: tuple[int, ...] = tuple(range(256)) if byte_ids is None else tuple(byte_ids)
-        if sorted(self.byte_ids) != list(range(256)):
-            raise TokenizerError("byte_ids must be a permutation of 0..255")
+        self.byte_ids: tuple[int | None, ...] = tuple(range(256)) if byte_ids is None else tuple(byte_ids)
+        present = [i for i in self.byte_ids if i is not None]
+        if (
+            len(self.byte_ids) != 256
+            or any(type(i) is not int or i < 0 for i in present)
+            or len(set(present)) != len(present)
+            or not present
+        ):
+            raise TokenizerError(
+                "byte_ids must give 256 distinct non-negative ids (or None for an absent byte)"
+            )
+        self.first_merge_id = max(present) + 1  # 256 for the usual layout
         self.merges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in merges]
-        n_tokens = 256 + len(self.merges)
+        n_tokens = self.first_merge_id + len(self.merges)
         if n_tokens > _MAX_VOCAB:
             raise TokenizerError(f"too many merges ({len(self.merges)}); at most {_MAX_VOCAB - 256}")
 
-        # token_bytes[id] for ids below n_tokens; a merge may only use ids that exist before it.
-        self.token_bytes: list[bytes] = [b""] * 256
+        # token_bytes[id] for ids below n_tokens (b"" for a special token below the merges); a merge may
+        # only use ids that exist before it.
+        self.token_bytes: list[bytes] = [b""] * self.first_merge_id
         for byte, token_id in enumerate(self.byte_ids):
-            self.token_bytes[token_id] = bytes([byte])
+            if token_id is not None:
+                self.token_bytes[token_id] = bytes([byte])
         self._merge_ids: dict[tuple[int, int], int] = {}  # (left id, right id) -> merged id (= priority)
-        for new_id, (left, right) in enumerate(self.merges, start=256):
-            if not (0 <= left < new_id and 0 <= right < new_id):
+        for new_id, (left, right) in enumerate(self.merges, start=self.first_merge_id):
+            if not (
+                0 <= left < new_id
+                and 0 <= right < new_id
+                and self.token_bytes[left]
+                and self.token_bytes[right]
+            ):
                 raise TokenizerError(
-                    f"merge {new_id - 256} ({left}, {right}) uses an id not defined before it"
+                    f"merge {new_id - self.first_merge_id} ({left}, {right}) uses an id not defined before it"
                 )
             self._merge_ids[(left, right)] = new_id
             self.token_bytes.append(self.token_bytes[left] + self.token_bytes[right])
-        if len(set(self.token_bytes)) != n_tokens:
+        if len(set(self.token_bytes) - {b""}) != len(present) + len(self.merges):
             raise TokenizerError(
                 "two tokens have the same bytes; such a vocabulary has no unique BPE encoding"
             )
 
         self.special_tokens: dict[str, int] = dict(special_tokens or {})
         ids = list(self.special_tokens.values())
-        if len(set(ids)) != len(ids) or any(not isinstance(i, int) or i < n_tokens for i in ids):
+        holes = {i for i in range(self.first_merge_id) if not self.token_bytes[i]}
+        if len(set(ids)) != len(ids) or any(
+            not isinstance(i, int) or (i < n_tokens and i not in holes) for i in ids
+        ):
             raise TokenizerError(
-                f"special token ids must be distinct integers >= {n_tokens} (after the merges)"
+                f"special token ids must be distinct integers >= {n_tokens} (after the merges) or ids "
+                "below the merges that no byte uses"
             )
+        if holes - set(ids):
+            raise TokenizerError(f"id {min(holes - set(ids))} is neither a byte nor a special token")
         if any(not isinstance(t, str) or not t for t in self.special_tokens):
             raise TokenizerError("special tokens must be non-empty strings")
+        # the bytes that have a token, when some have none (None for the usual layout: all 256 have one)
+        absent = any(i is None for i in self.byte_ids)
+        self._present_bytes = (
+            bytes(b for b, i in enumerate(self.byte_ids) if i is not None) if absent else None
+        )
         self.vocab_size: int = max([n_tokens - 1, *ids]) + 1
         # id -> bytes for decoding, specials included; None marks ids that do not exist.
-        self._decoder: list[bytes | None] = [*self.token_bytes, *[None] * (self.vocab_size - n_tokens)]
+        self._decoder: list[bytes | None] = [
+            *(data or None for data in self.token_bytes),
+            *[None] * (self.vocab_size - n_tokens),
+        ]
         for token, token_id in self.special_tokens.items():
             self._decoder[token_id] = token.encode("utf-8")
         self._chunk_cache: dict[bytes, list[int]] = {}
@@ -377,9 +412,18 @@ class BPETokenizer:
 
     # -- the reference encoder -----------------------------------------------------------------------
 
+    def _check_bytes(self, text: str) -> None:
+        """TokenizerError if `text` holds a byte this vocabulary has no token for (imported ones only)."""
+        if self._present_bytes is not None:
+            missing = without_surrogates(text).encode("utf-8").translate(None, delete=self._present_bytes)
+            if missing:
+                raise TokenizerError(
+                    f"the text holds byte 0x{missing[0]:02x}, for which this vocabulary has no token"
+                )
+
     def _encode_chunk(self, chunk: bytes) -> list[int]:
         """BPE on one chunk: apply the earliest-learned merge present, repeat until none applies."""
-        ids = [self.byte_ids[b] for b in chunk]
+        ids: list[int] = [self.byte_ids[b] for b in chunk]  # type: ignore[misc]  # absent bytes checked before
         while len(ids) >= 2:
             pair = min(itertools.pairwise(ids), key=lambda p: self._merge_ids.get(p, _MAX_VOCAB))
             new_id = self._merge_ids.get(pair)
@@ -390,6 +434,7 @@ class BPETokenizer:
 
     def encode_ordinary_reference(self, text: str) -> list[int]:
         """Pure-Python encoding (special-token text is plain text); chunk results are cached."""
+        self._check_bytes(text)
         ids: list[int] = []
         cache = self._chunk_cache
         if len(cache) > 500_000:  # bound memory on endless streams of new words
@@ -424,7 +469,7 @@ class BPETokenizer:
             self._tiktoken_encoding = tiktoken.Encoding(
                 f"lmforge-{self.fingerprint()[:12]}",
                 pat_str=self.pattern,
-                mergeable_ranks={data: token_id for token_id, data in enumerate(self.token_bytes)},
+                mergeable_ranks={data: token_id for token_id, data in enumerate(self.token_bytes) if data},
                 special_tokens=self.special_tokens,
             )
         return self._tiktoken_encoding
@@ -432,9 +477,11 @@ class BPETokenizer:
     def encode(self, text: str, *, allowed_special: AllowedSpecial = "none_raise") -> list[int]:
         allowed = resolve_allowed(allowed_special, self.special_tokens)
         check_disallowed(text, self.special_tokens, allowed)
+        self._check_bytes(text)
         return self.tiktoken_encoding().encode(text, allowed_special=allowed, disallowed_special=())
 
     def encode_ordinary(self, text: str) -> list[int]:
+        self._check_bytes(text)
         return self.tiktoken_encoding().encode_ordinary(text)
 
     def encode_batch(
@@ -443,11 +490,14 @@ class BPETokenizer:
         allowed = resolve_allowed(allowed_special, self.special_tokens)
         for text in texts:
             check_disallowed(text, self.special_tokens, allowed)
+            self._check_bytes(text)
         return self.tiktoken_encoding().encode_batch(
             list(texts), num_threads=num_threads, allowed_special=allowed, disallowed_special=()
         )
 
     def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        for text in texts:
+            self._check_bytes(text)
         return self.tiktoken_encoding().encode_ordinary_batch(list(texts), num_threads=num_threads)
 
     # -- decoding ------------------------------------------------------------------------------------

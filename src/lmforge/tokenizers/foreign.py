@@ -186,6 +186,9 @@ def to_hf_dict(tokenizer: BPETokenizer) -> dict:
     """The Hugging Face `tokenizers` JSON of a BPE tokenizer: our regex split, then the byte-level map."""
     to_unicode = bytes_to_unicode()
     names = ["".join(to_unicode[b] for b in data) for data in tokenizer.token_bytes]
+    for token, token_id in tokenizer.special_tokens.items():
+        if token_id < len(names):  # a special token placed below the merges (imported layouts)
+            names[token_id] = token
     return {
         "version": "1.0",
         "truncation": None,

