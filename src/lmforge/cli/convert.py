@@ -62,7 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--to", dest="target_format", choices=("hf", "lmforge"), required=True, help="format of DST"
     )
     p.add_argument("src", metavar="SRC", help="source directory")
-    p.add_argument("dst", metavar="DST", help="destination directory (created if missing)")
+    p.add_argument("dst", metavar="DST", help="destination directory (created if missing, or empty)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="DST exists and is not empty: write the converted files over the ones of the same name "
+        "(a training checkpoint, with trainer_state.json, is refused even so)",
+    )
     p.set_defaults(func=run)
 
 
@@ -159,6 +165,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.source_format == args.target_format:
         raise ConfigError(f"--from and --to are both {args.source_format!r}; nothing to convert")
+    dst = Path(args.dst)
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"DST {dst} is an existing file; give a directory path")
+    if (dst / "trainer_state.json").exists():
+        raise ConfigError(
+            f"DST {dst} is a training checkpoint (it has trainer_state.json); converting into it would "
+            "mix two models' files, so choose another directory"
+        )
+    if dst.is_dir() and any(dst.iterdir()) and not args.overwrite:
+        raise ConfigError(f"DST {dst} exists and is not empty; choose another directory or pass --overwrite")
     convert = _hf_to_lmforge if args.source_format == "hf" else _lmforge_to_hf
     model, note = convert(Path(args.src), Path(args.dst))
     from lmforge.models.convert import hf_architecture

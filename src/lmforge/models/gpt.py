@@ -53,6 +53,7 @@ from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, 
 IGNORE_INDEX = -100
 CHECKPOINT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what a checkpoint's weights may be stored as
 META_FILE = "meta.json"
 
 
@@ -432,6 +433,12 @@ class GPT(nn.Module):
                 f"weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
             )
         for name, tensor in tensors.items():
+            if tensor.dtype not in WEIGHT_DTYPES:
+                raise FormatError(
+                    weights_path,
+                    f"{name} is stored as {str(tensor.dtype).removeprefix('torch.')}; model weights must be "
+                    "float32, float16 or bfloat16",
+                )
             if tensor.shape != expected[name].shape:
                 raise FormatError(
                     weights_path,

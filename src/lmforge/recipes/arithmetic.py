@@ -495,12 +495,15 @@ def problem_batches(tokens: np.ndarray, targets: np.ndarray, *, batch_size: int 
         )
 
 
-def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_recipe(
+    config: RecipeConfig, *, log: Callable[[str], None] = print, overwrite: bool = False
+) -> dict[str, Any]:
     """Generate the problems, train a GPT with lmforge's trainer, test it; returns what results.json holds.
 
     Writes into `config.train.out_dir`: config.toml, tokenizer.json, the trainer's metrics.csv, plots/
     and checkpoints, plus plots/accuracy.png (validation exact match per bucket against step) and
-    results.json (test exact match per bucket, training time, model size).
+    results.json (test exact match per bucket, training time, model size). A directory that already
+    holds a run is refused unless `overwrite` (see `lmforge.training.rundir`).
     """
     import torch
 
@@ -579,6 +582,7 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
             "recipe": "arithmetic",
             "arithmetic": dataclasses.asdict(task),
         },
+        overwrite=overwrite,
     )
     wall_seconds = time.perf_counter() - start
 
