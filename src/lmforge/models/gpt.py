@@ -432,13 +432,14 @@ class GPT(nn.Module):
                 weights_path,
                 f"weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
             )
+        if wrong := sorted(name for name, t in tensors.items() if t.dtype not in WEIGHT_DTYPES):
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            raise FormatError(
+                weights_path,
+                f"{wrong[0]} is stored as {str(tensors[wrong[0]].dtype).removeprefix('torch.')}{more}; model "
+                "weights must be float32, float16 or bfloat16",
+            )
         for name, tensor in tensors.items():
-            if tensor.dtype not in WEIGHT_DTYPES:
-                raise FormatError(
-                    weights_path,
-                    f"{name} is stored as {str(tensor.dtype).removeprefix('torch.')}; model weights must be "
-                    "float32, float16 or bfloat16",
-                )
             if tensor.shape != expected[name].shape:
                 raise FormatError(
                     weights_path,
