@@ -90,6 +90,9 @@ def prepare(
     # Cheap checks first, so a typo fails before minutes of work.
     readers = [SourceReader(s, text_field=text_field, on_bad_record=on_bad_record) for s in sources]
     out = Path(out)
+    if out.parent.is_dir():
+        recover_dir(out)  # an earlier --overwrite cut short between its two renames: the old dataset is back
+        remove_stale_partials(out)
     inputs = [path for reader in readers for path in reader.paths]
     if isinstance(tokenizer, (str, Path)):
         inputs.append(Path(tokenizer))
@@ -101,8 +104,6 @@ def prepare(
     check_tokenizer_for_shards(tokenizer)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(out)  # an earlier --overwrite cut short between its two renames
-    remove_stale_partials(out)
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
