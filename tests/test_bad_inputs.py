@@ -27,12 +27,13 @@ import numpy as np
 import pytest
 import torch
 
+import lmforge
 from conftest import TINY_TRAIN
 from lmforge.cli import main
 from lmforge.fileio import load_safetensors, save_safetensors
 
 BAD = Path(__file__).parent / "bad_inputs"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(lmforge.__file__).parents[1])  # the lmforge under test, also in subprocesses
 
 
 def _train(*sets: str, out: str = "{w}/fresh-run") -> list[str]:

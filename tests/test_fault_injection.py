@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import lmforge
 from conftest import TINY_TRAIN
 from lmforge.data.shards import load_meta
 from lmforge.training.checkpoint import CheckpointManager, load_trainer_state
@@ -27,7 +28,7 @@ from lmforge.training.trainer import train_from_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(lmforge.__file__).parents[1])  # the lmforge under test, also in subprocesses
 STEPS = ["train.max_iters=6", "train.eval_interval=2", "model.dropout=0.1"]
 
 

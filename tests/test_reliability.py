@@ -17,17 +17,18 @@ from pathlib import Path
 
 import pytest
 
+import lmforge
 from conftest import TINY_TRAIN
 from lmforge.cli import main
 from lmforge.errors import ConfigError
-from lmforge.fileio import atomic_write_text, recover_dir
+from lmforge.fileio import atomic_write_text
 from lmforge.models import GPT, GPTConfig
 from lmforge.training.checkpoint import CheckpointManager, load_trainer_state
 from lmforge.training.config import load_config
 from lmforge.training.optim import build_optimizer
 from lmforge.training.trainer import train_from_config
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(lmforge.__file__).parents[1])  # the lmforge under test, also in subprocesses
 
 
 def _config(dataset: Path, run: Path, *extra: str):
@@ -122,6 +123,8 @@ def _crash_replace_dir(target: Path, new: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_crash_between_the_renames_of_replace_dir_loses_nothing(tmp_path):
+    from lmforge.fileio import recover_dir
+
     target, new = tmp_path / "best", tmp_path / "new"
     target.mkdir()
     (target / "weights").write_text("old")
