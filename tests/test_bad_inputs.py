@@ -84,11 +84,13 @@ def places(tmp_path_factory, tiny_dataset: Path, tiny_run: Path) -> dict[str, st
     train_bin.write_bytes(train_bin.read_bytes()[:-2])
     (w / "data-meta-broken/meta.json").write_text("{not json")
 
-    for name in ("run-bad-state", "run-bad-optim", "run-reshaped", "run-rebatched"):
+    for name in ("run-bad-state", "run-bad-rng", "run-bad-optim", "run-reshaped"):
         shutil.copytree(tiny_run, w / name)
     state_path = w / "run-bad-state/checkpoints/step_00000002/trainer_state.json"
     state = json.loads(state_path.read_text())
     _replace_file(state_path, json.dumps(state | {"step": "two"}).encode())
+    rng_path = w / "run-bad-rng/checkpoints/step_00000002/trainer_state.json"
+    _replace_file(rng_path, json.dumps(state | {"rng": {"python": "x"}}).encode())
     optim_path = w / "run-bad-optim/checkpoints/step_00000002/optimizer.safetensors"
     optim = load_safetensors(optim_path)
     optim["state.0.exp_avg"] = torch.zeros(7, 3)
@@ -231,6 +233,13 @@ CASES: list[tuple[str, list[str], int, str]] = [
         2,
         "lmforge train: error: {w}/run-bad-state/checkpoints/step_00000002/trainer_state.json: "
         "'step' is 'two'; it must be an integer >= 0",
+    ),
+    (
+        "resume-rng-broken",
+        [*_train("train.max_iters=3", out="{w}/run-bad-rng"), "--resume"],
+        2,
+        "lmforge train: error: {w}/run-bad-rng/checkpoints/step_00000002/trainer_state.json: 'rng' is not "
+        "an RNG state saved by lmforge (not enough values to unpack (expected 3, got 1))",
     ),
     (
         "resume-optimizer-other-model",

@@ -87,6 +87,24 @@ def _config_args(dataset: Path, run: Path) -> list[str]:
     return [*TINY_TRAIN, f"data.dir={dataset}", f"train.out_dir={run}", "train.max_iters=1"]
 
 
+def test_the_recipe_refuses_an_existing_run_before_writing_into_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("step\n")
+    (out / "tokenizer.json").write_text("mine")
+    config = Path(__file__).parents[1] / "configs/arithmetic.toml"
+    assert main(["recipe", "arithmetic", "--config", str(config), "--out", str(out)]) == 2
+    assert "already holds a run (metrics.csv)" in capsys.readouterr().err
+    assert (out / "tokenizer.json").read_text() == "mine"
+
+
+def test_a_resume_with_another_batch_size_says_the_batches_change(tiny_dataset, tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    train_from_config(_config(tiny_dataset, run, "train.max_iters=3", "train.batch_size=2"), resume=True)
+    assert "resuming with batch_size 4 -> 2: from here on the batches differ" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- A2: one training per run directory
 
 

@@ -510,6 +510,7 @@ def run_recipe(
     from lmforge.models import GPT
     from lmforge.models.checkpoints import load_checkpoint
     from lmforge.training.rng import seed_everything
+    from lmforge.training.rundir import refuse_existing_run
     from lmforge.training.trainer import run_training
 
     task, train = config.arithmetic, config.train
@@ -561,6 +562,7 @@ def run_recipe(
         eval_seconds += time.perf_counter() - start
         return metrics
 
+    refuse_existing_run(run_dir, resume=False, overwrite=overwrite)  # before writing anything into it
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(run_dir / "tokenizer.json")
     counts = {name: sum(len(p) for p in getattr(splits, name).values()) for name in ("train", "val", "test")}

@@ -9,6 +9,7 @@ writes anything into its run directory:
 - a directory that already holds a run (any of `RUN_ARTIFACTS`) is refused unless the run resumes, or
   `overwrite` is given: then exactly `RUN_ARTIFACTS` are deleted, and nothing else in the directory
   (a recipe's tokenizer.json, a user's notes) is touched.
+`refuse_existing_run` is that check alone, for a command that writes into the directory before training.
 
 Deliberately not here: what goes into the directory (trainer.py, logging.py, checkpoint.py). POSIX only
 (`fcntl`), like the rest of lmforge's file handling.
@@ -37,6 +38,19 @@ class RunDirLocked(ConfigError):
 def existing_artifacts(run_dir: Path) -> list[str]:
     """The names of `RUN_ARTIFACTS` present in `run_dir`."""
     return [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+
+
+def refuse_existing_run(run_dir: Path, *, resume: bool, overwrite: bool) -> list[str]:
+    """Raise `ConfigError` if `run_dir` holds a run that is neither resumed nor to be overwritten; return
+    the run's artifacts found there. A command that writes files of its own into the run directory
+    before training (a recipe's tokenizer.json) calls this first, so that a refused run changes nothing."""
+    found = existing_artifacts(run_dir) if run_dir.is_dir() else []
+    if found and not resume and not overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume, "
+            "choose another train.out_dir, or pass --overwrite to delete that run's files"
+        )
+    return found
 
 
 @contextmanager
@@ -68,13 +82,8 @@ def open_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False) 
             notes.append(f"took over the lock of pid {previous}, which ended without releasing it")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        found = existing_artifacts(run_dir)
+        found = refuse_existing_run(run_dir, resume=resume, overwrite=overwrite)
         if found and not resume:
-            if not overwrite:
-                raise ConfigError(
-                    f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume, "
-                    "choose another train.out_dir, or pass --overwrite to delete that run's files"
-                )
             for name in found:
                 path = run_dir / name
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()

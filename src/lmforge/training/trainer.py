@@ -224,8 +224,24 @@ class Trainer:
                 else ""
             )
             raise FormatError(e.path, e.problem + hint) from None
-        self.batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
+        saved, now = state["batches"], self.batches.state_dict()
+        changed = [
+            f"{k} {saved[k]} -> {now[k]}"
+            for k in ("batch_size", "world_size")
+            if k in saved and k in now and saved[k] != now[k]
+        ]
+        self.batches.load_state_dict(saved)
+        if changed:
+            self.notes.append(
+                f"resuming with {', '.join(changed)}: from here on the batches differ from those of an "
+                "uninterrupted run"
+            )
+        try:
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # binascii.Error is a ValueError
+            raise FormatError(
+                ckpt_dir / "trainer_state.json", f"'rng' is not an RNG state saved by lmforge ({e})"
+            ) from None
         self.step = int(state["step"])
         self.best_step = state.get("best_step")
         self.best_eval_loss, note = self.checkpoints.reconcile_best(ckpt_dir, state)
