@@ -113,6 +113,7 @@ def places(tmp_path_factory, tiny_dataset: Path, tiny_run: Path) -> dict[str, st
 
 # (id, argv, exit code, the one stderr line)
 CASES: list[tuple[str, list[str], int, str]] = [
+    # ---- train: config files and flags
     (
         "config-missing",
         ["train", "--config", "{w}/nope.toml"],
@@ -201,6 +202,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "lmforge train: error: {w}/data-truncated/train.bin: has 36,016 bytes but meta.json says "
         "18,009 uint16 tokens (36,018 bytes); the file is truncated or from another run",
     ),
+    # ---- train: run directories and resume
     (
         "run-exists",
         _train(out="{run}"),
@@ -257,6 +259,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "checkpoint's model differs from this run's (n_embd 32 -> 48); resume with the model "
         "settings it was trained with, or start a new run",
     ),
+    # ---- data prepare, data info, tokenizer
     (
         "prepare-source-missing",
         _prepare(source="{w}/nope.txt"),
@@ -376,6 +379,13 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "prepare the dataset again",
     ),
     (
+        "tokenizer-out-is-a-directory",
+        ["tokenizer", "train", "--kind", "char", "--input", "{docs}", "--out", "{w}/not-empty"],
+        1,
+        "lmforge tokenizer: error: {w}/not-empty: Is a directory",
+    ),
+    # ---- eval: checkpoints and flags
+    (
         "eval-max-batches-negative",
         ["eval", "--ckpt", "{ckpt}", "--max-batches", "-1"],
         2,
@@ -429,6 +439,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "lmforge eval: error: {w}/ckpt-meta-broken/meta.json: checkpoint meta is corrupt or "
         "truncated (invalid JSON at line 1, column 39)",
     ),
+    # ---- generate, sample
     (
         "generate-temperature-1e-40",
         ["generate", "--ckpt", "{ckpt}", "--prompt", "a", "--temperature", "1e-40"],
@@ -470,6 +481,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "lmforge sample: error: sampling.temperature=1e-40 is invalid; use 0 (greedy) or a number "
         ">= 0.0001 (logits / a smaller one overflow float32)",
     ),
+    # ---- convert
     (
         "convert-same-format",
         ["convert", "--from", "hf", "--to", "hf", "{ckpt}", "{w}/x"],
