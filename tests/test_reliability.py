@@ -258,13 +258,15 @@ def test_stale_partials_of_dead_processes_are_removed(tiny_dataset, tmp_path):
 # ---------------------------------------------------------------- file modes and filesystem errors
 
 
-def test_atomic_files_respect_the_umask(tmp_path):
-    previous = os.umask(0o022)
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_files_respect_the_umask(tmp_path, umask, mode):
+    """0o666 & ~umask, as open() would give; mkstemp alone gives 0o600 whatever the umask."""
+    previous = os.umask(umask)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
     finally:
         os.umask(previous)
-    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0o600
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == mode
 
 
 def test_no_space_left_is_one_line_naming_the_file(tiny_run, tmp_path, capsys, monkeypatch):

@@ -46,7 +46,16 @@ def fault_point(name: str) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    """The process umask. Linux shows it in /proc/self/status, read without changing it (so no other
+    thread ever creates a file under a zero umask); elsewhere it is set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 
