@@ -105,6 +105,25 @@ def test_a_resume_with_another_batch_size_says_the_batches_change(tiny_dataset, 
     assert "resuming with batch_size 4 -> 2: from here on the batches differ" in capsys.readouterr().out
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tiny_dataset, tmp_path, capsys):
+    """Run to step 4, then resume from step 2 to step 3. Before, step_00000004 (the abandoned branch) stayed
+    the run's latest checkpoint, so the next --resume jumped to it, and pruning removed the new step 3."""
+    run = tmp_path / "run"
+    train_from_config(_config(tiny_dataset, run, "train.max_iters=4", "train.eval_interval=2"))
+    ckpts = CheckpointManager(run / "checkpoints")
+    resume_from = ckpts.directory / "step_00000002"
+    train_from_config(
+        _config(tiny_dataset, run, "train.max_iters=3", "train.eval_interval=1"), resume=resume_from
+    )
+    assert "the newer step_00000004 is kept as step_00000004.abandoned-" in capsys.readouterr().out
+    assert [p.name for p in ckpts.step_dirs()] == ["step_00000002", "step_00000003"]
+    assert ckpts.latest() == ckpts.directory / "step_00000003"
+    assert [p.name.split("-")[0] for p in ckpts.directory.glob("*.abandoned-*")] == [
+        "step_00000004.abandoned"
+    ]
+    assert load_trainer_state(ckpts.best)["step"] in (2, 3)  # best/ belongs to the branch that was resumed
+
+
 # ---------------------------------------------------------------- A2: one training per run directory
 
 

@@ -334,6 +334,22 @@ class CheckpointManager:
                 return best_loss, None
         return None, f"the best model (step {best_step}) is gone; the best loss starts afresh"
 
+    def set_aside_after(self, step: int) -> list[str]:
+        """Rename the step checkpoints newer than `step` to `step_XXXXXXXX.abandoned-<id>`; return notes.
+
+        A run resumed from an older checkpoint starts a new branch: left in place, the newer checkpoints
+        of the abandoned branch would win `latest()` (a later `--resume` would jump to them) and make
+        the pruning delete the new branch's checkpoints, whose step numbers sort lower. Renamed, they are
+        kept but no longer count as checkpoints of the run.
+        """
+        notes = []
+        for path in self.step_dirs():
+            if int(_STEP_DIR.match(path.name).group(1)) > step:
+                aside = path.with_name(f"{path.name}.abandoned-{uuid.uuid4().hex[:8]}")
+                os.replace(path, aside)
+                notes.append(f"resumed from step {step}: the newer {path.name} is kept as {aside.name}")
+        return notes
+
     def describe_fallback(self, broken: Path) -> str:
         """A hint naming the newest intact-looking checkpoint older than `broken`, for error messages."""
         older = [p for p in self.step_dirs() if p.name < broken.name]

@@ -243,6 +243,7 @@ class Trainer:
                 ckpt_dir / "trainer_state.json", f"'rng' is not an RNG state saved by lmforge ({e})"
             ) from None
         self.step = int(state["step"])
+        self.notes += self.checkpoints.set_aside_after(self.step)
         self.best_step = state.get("best_step")
         self.best_eval_loss, note = self.checkpoints.reconcile_best(ckpt_dir, state)
         if note:
