@@ -32,3 +32,58 @@ def shakespeare_text() -> str:
 def shakespeare_sample() -> str:
     """About 200 kB of Shakespeare: enough to train a small tokenizer or model in a second."""
     return _shakespeare()[:200_000]
+
+
+# The 2-layer, 32-wide GPT on 16-token windows that the reliability tests train for a couple of steps.
+TINY_TRAIN = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=16",
+    "train.batch_size=4",
+    "train.eval_batches=1",
+    "train.log_interval=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.peak_tflops=1",
+    "train.precision=fp32",
+    "optim.warmup_iters=1",
+    "optim.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, shakespeare_sample: str):
+    """A char-level prepared dataset of 12 documents of 2,000 characters (3 in val), built once."""
+    import json
+
+    from lmforge.data.dedup import DedupConfig
+    from lmforge.data.prepare import prepare
+    from lmforge.tokenizers import CharTokenizer
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    docs = [shakespeare_sample[i : i + 2_000] for i in range(0, 24_000, 2_000)]
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    CharTokenizer.train(docs).save(root / "tokenizer.json")
+    prepare(
+        [str(root / "docs.jsonl")],
+        tokenizer=root / "tokenizer.json",
+        out=root / "char",
+        dedup=DedupConfig(mode="none"),
+        val=0.25,
+        verbose=False,
+    )
+    return root / "char"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_dataset):
+    """A run directory of the tiny GPT after 2 steps (checkpoints step_00000002 and best), built once.
+    Tests that damage it work on a copy."""
+    from lmforge.training.config import load_config
+    from lmforge.training.trainer import train_from_config
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    overrides = [*TINY_TRAIN, f"data.dir={tiny_dataset}", f"train.out_dir={run}", "train.max_iters=2"]
+    train_from_config(load_config(None, overrides=overrides))
+    return run

@@ -2,7 +2,9 @@
 
 Command modules hold argument parsing and printing only; the work happens in the library. Heavy
 imports (torch, tiktoken) happen inside the handlers, so `lmforge --help` is instant. A user mistake
-(`LmforgeError`) prints one line and exits with status 2; Ctrl-C exits with 130 without a traceback.
+(`LmforgeError`) prints one line and exits with status 2; a filesystem error (`OSError`: permission
+denied, no space left, read-only file system, a path that is a file...) prints one line naming the path
+and the problem and exits with status 1; Ctrl-C exits with 130 without a traceback.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `lmforge tokenizer encode ... | head`
         return 0
+    except OSError as e:
+        print(f"lmforge {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: problem' from an OSError, e.g. "out/meta.json: No space left on device"."""
+    problem = error.strerror or str(error) or type(error).__name__
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {problem}" if paths else problem
 
 
 if __name__ == "__main__":

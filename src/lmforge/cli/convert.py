@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="weights of DST: f32 or bf16 for --from gguf (dequantized), f32, f16 or q8_0 for --to gguf "
         "(default f32); hf <-> lmforge always keeps float32",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="DST exists and is not empty: write the converted files over the ones of the same name "
+        "(a training checkpoint, with trainer_state.json, is refused even so)",
+    )
     p.set_defaults(func=run)
 
 
@@ -221,16 +227,29 @@ def run(args: argparse.Namespace) -> int:
     pair = (args.source_format, args.target_format)
     if args.source_format == args.target_format:
         raise ConfigError(f"--from and --to are both {args.source_format!r}; nothing to convert")
+    dst = Path(args.dst)
+    if args.target_format != "gguf":
+        if dst.exists() and not dst.is_dir():
+            raise ConfigError(f"DST {dst} is an existing file; give a directory path")
+        if (dst / "trainer_state.json").exists():
+            raise ConfigError(
+                f"DST {dst} is a training checkpoint (it has trainer_state.json); converting into it would "
+                "mix two models' files, so choose another directory"
+            )
+        if dst.is_dir() and any(dst.iterdir()) and not args.overwrite:
+            raise ConfigError(
+                f"DST {dst} exists and is not empty; choose another directory or pass --overwrite"
+            )
     if "lmforge" not in pair:
         raise ConfigError(f"convert {pair[0]} -> lmforge, then lmforge -> {pair[1]}")
     if "gguf" in pair:
         convert_gguf = _gguf_to_lmforge if pair[0] == "gguf" else _lmforge_to_gguf
-        model, note = convert_gguf(Path(args.src), Path(args.dst), args.dtype)
+        model, note = convert_gguf(Path(args.src), dst, args.dtype)
     else:
         if args.dtype != "f32":
             raise ConfigError("--dtype is for GGUF conversions; hf <-> lmforge keeps float32")
         convert = _hf_to_lmforge if args.source_format == "hf" else _lmforge_to_hf
-        model, note = convert(Path(args.src), Path(args.dst))
+        model, note = convert(Path(args.src), dst)
     from lmforge.models.convert import hf_architecture
 
     architecture = "Llama" if hf_architecture(model.config) == "llama" else "GPT-2"

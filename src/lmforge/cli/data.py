@@ -116,12 +116,15 @@ def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lmforge.data.prepare import format_report
-    from lmforge.data.shards import SPLITS, load_meta, open_split
+    from lmforge.data.shards import SPLITS, check_token_ids, load_meta, open_split
+    from lmforge.tokenizers import tokenizer_from_dict
 
     meta = load_meta(args.dir)
+    vocab_size = tokenizer_from_dict(meta["tokenizer"], source=Path(args.dir) / "meta.json").vocab_size
     for split in SPLITS:
         if meta["splits"][split]["tokens"]:
-            open_split(args.dir, split)  # checks that the file size matches meta.json
+            # the file size must match meta.json, and every id must be one of the tokenizer's
+            check_token_ids(args.dir, split, open_split(args.dir, split), vocab_size)
     fingerprint = meta["tokenizer_fingerprint"][:16]
     print(f"{Path(args.dir)}: format {meta['format_version']}, tokenizer {fingerprint}")
     if meta.get("command"):

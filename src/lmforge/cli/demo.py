@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         },
         source="lmforge demo",
     )
-    result = train_from_config(config)
+    result = train_from_config(config, overwrite=True)
     metrics = result.last_eval or {}
     print(
         f"trained {result.step} steps: val loss {metrics.get('loss', float('nan')):.3f}, "

@@ -121,7 +121,12 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise FormatError(path, "prompt file not found")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(
+                path, f"prompt file is not valid UTF-8 ({e.reason} at byte {e.start})"
+            ) from None
     elif args.prompt_file == "-" or not sys.stdin.isatty():
         text = sys.stdin.read()
     else:
@@ -148,6 +153,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         torch.set_num_threads(args.threads)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens} is invalid; use an integer >= 1")
+    if "" in args.stop:
+        raise ConfigError("--stop='' is invalid; an empty stop string would stop before the first token")
     params = SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,

@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, parsed as TOML (repeatable): --set train.max_iters=500")
     a.add_argument("--out", default=None, metavar="DIR", help="output directory (default: train.out_dir)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="the output directory already holds a run: replace that run's files")
     a.set_defaults(func=run_arithmetic)
 
 
@@ -47,5 +49,5 @@ def run_arithmetic(args: argparse.Namespace) -> int:
 
     # a JSON string is a TOML basic string, so any path survives the override parser
     overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
-    run_recipe(load_config(args.config, overrides=overrides, sections=RecipeConfig))
+    run_recipe(load_config(args.config, overrides=overrides, sections=RecipeConfig), overwrite=args.overwrite)
     return 0

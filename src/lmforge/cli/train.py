@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CKPT_DIR",
         help="continue from the newest checkpoint of the run dir, or from CKPT_DIR",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train.out_dir already holds a run: delete that run's config.toml, metrics.csv, checkpoints/, "
+        "events/ and plots/ (nothing else) and start afresh; without it such a directory is refused",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run_train)
 
@@ -91,10 +97,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_toml(config), end="")
         return 0
-    result = train_from_config(config, resume=args.resume)
+    result = train_from_config(config, resume=args.resume, overwrite=args.overwrite)
     print(f"done: {result.step} steps ({result.stopped}), last train loss {result.train_loss:.4f}", end="")
-    if result.best_eval_loss is not None:
-        print(f", best {config.data.eval_split} loss {result.best_eval_loss:.4f}", end="")
+    if result.best_eval_loss is not None and (result.run_dir / "checkpoints/best").is_dir():
+        print(f", best {config.data.eval_split} loss {result.best_eval_loss:.4f} (checkpoints/best)", end="")
     print(f"\nrun dir: {result.run_dir} (metrics.csv, plots/, events/, checkpoints/)")
     if result.skipped_steps:
         print(f"warning: {result.skipped_steps} steps were skipped for a non-finite loss or gradient")
@@ -111,6 +117,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from lmforge.models.checkpoints import load_checkpoint
     from lmforge.training.trainer import autocast_for, resolve_precision
 
+    if args.max_batches < 0:
+        raise ConfigError(f"--max-batches={args.max_batches} is invalid; use an integer >= 0 (0 = all)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size} is invalid; use an integer >= 1")
     model, tokenizer, meta = load_checkpoint(args.ckpt)
     data = args.data or meta.get("dataset")
     if not data:

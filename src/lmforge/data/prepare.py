@@ -9,13 +9,18 @@ Two streaming passes, so memory does not grow with the size of the corpus:
 
 Everything is written into `.<out>.partial-<pid>` next to the output and renamed to `<out>` only when
 complete (meta.json, the last file, included); an interrupted or failed run deletes its temporary
-directory, and a hard kill leaves only a hidden `.partial` directory, never something that loads.
+directory, and a hard kill leaves only a hidden `.partial` directory, never something that loads; the
+next run deletes the partial directories of processes that no longer exist.
+`overwrite` replaces only a dataset this module wrote (its meta.json is the marker: a valid dataset
+meta.json with `lmforge_version`), and never a directory that holds one of the inputs (a source file or
+the tokenizer): anything else at `out` is refused, so an input is never deleted.
 The same sources, options and seed give byte-identical shards and meta.json. Deliberately not here:
 the tokenizer training (lmforge.tokenizers) and the datasets the trainer reads (datasets.py).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import struct
@@ -35,11 +40,12 @@ from lmforge.data.shards import (
     check_tokenizer_for_shards,
     dtype_for_vocab,
     encode_jobs,
+    load_meta,
 )
 from lmforge.data.sources import OnBadRecord, SourceReader
 from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, split_key
-from lmforge.errors import ConfigError, DataError
-from lmforge.fileio import atomic_write_json, atomic_write_text, replace_dir
+from lmforge.errors import ConfigError, DataError, LmforgeError
+from lmforge.fileio import atomic_write_json, atomic_write_text, fault_point, recover_dir, replace_dir
 from lmforge.version import __version__
 
 if TYPE_CHECKING:
@@ -84,8 +90,13 @@ def prepare(
     # Cheap checks first, so a typo fails before minutes of work.
     readers = [SourceReader(s, text_field=text_field, on_bad_record=on_bad_record) for s in sources]
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.parent.is_dir():
+        recover_dir(out)  # an earlier --overwrite cut short between its two renames: the old dataset is back
+        remove_stale_partials(out)
+    inputs = [path for reader in readers for path in reader.paths]
+    if isinstance(tokenizer, (str, Path)):
+        inputs.append(Path(tokenizer))
+    _check_out(out, inputs, overwrite=overwrite)
     if isinstance(tokenizer, (str, Path)):
         from lmforge.tokenizers import load_tokenizer
 
@@ -123,6 +134,7 @@ def prepare(
         report = format_report(meta, seconds=time.perf_counter() - start)
         atomic_write_text(work / "report.txt", report)
         atomic_write_json(work / "meta.json", meta)  # last: a directory with meta.json is complete
+        fault_point("prepare:before-rename")
         replace_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -130,6 +142,57 @@ def prepare(
     if verbose:
         print(report, end="")
     return meta
+
+
+def _check_out(out: Path, inputs: list[Path], *, overwrite: bool) -> None:
+    """Refuse an `out` that is a file, that holds an input, or that is not ours to replace."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a directory path")
+    resolved = out.resolve()
+    for path in inputs:
+        if path.exists() and (path.resolve() == resolved or resolved in path.resolve().parents):
+            raise ConfigError(
+                f"--out {out} holds the input {path}; replacing the directory would delete it, so choose "
+                "another --out"
+            )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+        if not is_prepared_dataset(out):
+            raise ConfigError(
+                f"--overwrite: {out} is not a dataset written by 'lmforge data prepare' (no valid "
+                "meta.json), so it is left alone; choose another --out or empty it yourself"
+            )
+
+
+def is_prepared_dataset(directory: Path) -> bool:
+    """True if `directory` has the meta.json this module writes (the marker `overwrite` needs)."""
+    try:
+        return "lmforge_version" in load_meta(directory)
+    except LmforgeError:
+        return False
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Delete `.<out>.partial-<pid>` directories whose process is gone (a killed run); return them."""
+    removed = []
+    prefix = f".{out.name}.partial-"
+    for path in out.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = path.name[len(prefix) :]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class _Kept:

@@ -95,6 +95,18 @@ def open_split(dataset_dir: str | Path, split: str) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode="r", shape=(n_tokens,))
 
 
+def check_token_ids(dataset_dir: str | Path, split: str, tokens: np.ndarray, vocab_size: int) -> None:
+    """Raise `FormatError` naming the split file if an id is >= `vocab_size` (the file and meta.json
+    disagree, e.g. shards of another tokenizer), before a model's embedding lookup fails on it."""
+    top = int(tokens.max()) if len(tokens) else 0
+    if top >= vocab_size:
+        raise FormatError(
+            Path(dataset_dir) / f"{split}.bin",
+            f"holds token id {top:,} but the vocabulary has {vocab_size:,} ids (0..{vocab_size - 1:,}); "
+            "the file was not written with this dataset's tokenizer: prepare the dataset again",
+        )
+
+
 # ---------------------------------------------------------------- encoding and writing
 
 

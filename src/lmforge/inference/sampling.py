@@ -22,6 +22,8 @@ import torch
 
 from lmforge.errors import check, is_int, is_number
 
+MIN_TEMPERATURE = 1e-4  # smallest temperature > 0: logits / 1e-40 overflow float32 to inf, softmax to NaN
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -42,10 +44,10 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         check(
-            is_number(self.temperature) and self.temperature >= 0,
+            is_number(self.temperature) and (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE),
             "sampling.temperature",
             self.temperature,
-            "use a number >= 0 (0 means greedy)",
+            f"use 0 (greedy) or a number >= {MIN_TEMPERATURE} (logits / a smaller one overflow float32)",
         )
         check(
             self.top_k is None or is_int(self.top_k, 1),
@@ -77,7 +79,12 @@ class SamplingParams:
             self.frequency_penalty,
             "use a finite number; 0 means no penalty",
         )
-        check(self.seed is None or is_int(self.seed, 0), "sampling.seed", self.seed, "use an integer >= 0")
+        check(
+            self.seed is None or (is_int(self.seed, 0) and self.seed < 2**64),
+            "sampling.seed",
+            self.seed,
+            "use an integer in [0, 2**64)",
+        )
 
     @property
     def greedy(self) -> bool:

@@ -53,6 +53,7 @@ from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, 
 IGNORE_INDEX = -100
 CHECKPOINT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what a checkpoint's weights may be stored as
 META_FILE = "meta.json"
 
 
@@ -435,6 +436,13 @@ class GPT(nn.Module):
             raise FormatError(
                 weights_path,
                 f"weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
+            )
+        if wrong := sorted(name for name, t in tensors.items() if t.dtype not in WEIGHT_DTYPES):
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            raise FormatError(
+                weights_path,
+                f"{wrong[0]} is stored as {str(tensors[wrong[0]].dtype).removeprefix('torch.')}{more}; model "
+                "weights must be float32, float16 or bfloat16",
             )
         for name, tensor in tensors.items():
             if tensor.shape != expected[name].shape:

@@ -495,18 +495,22 @@ def problem_batches(tokens: np.ndarray, targets: np.ndarray, *, batch_size: int 
         )
 
 
-def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_recipe(
+    config: RecipeConfig, *, log: Callable[[str], None] = print, overwrite: bool = False
+) -> dict[str, Any]:
     """Generate the problems, train a GPT with lmforge's trainer, test it; returns what results.json holds.
 
     Writes into `config.train.out_dir`: config.toml, tokenizer.json, the trainer's metrics.csv, plots/
     and checkpoints, plus plots/accuracy.png (validation exact match per bucket against step) and
-    results.json (test exact match per bucket, training time, model size).
+    results.json (test exact match per bucket, training time, model size). A directory that already
+    holds a run is refused unless `overwrite` (see `lmforge.training.rundir`).
     """
     import torch
 
     from lmforge.models import GPT
     from lmforge.models.checkpoints import load_checkpoint
     from lmforge.training.rng import seed_everything
+    from lmforge.training.rundir import refuse_existing_run
     from lmforge.training.trainer import run_training
 
     task, train = config.arithmetic, config.train
@@ -558,6 +562,7 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
         eval_seconds += time.perf_counter() - start
         return metrics
 
+    refuse_existing_run(run_dir, resume=False, overwrite=overwrite)  # before writing anything into it
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(run_dir / "tokenizer.json")
     counts = {name: sum(len(p) for p in getattr(splits, name).values()) for name in ("train", "val", "test")}
@@ -579,6 +584,7 @@ def run_recipe(config: RecipeConfig, *, log: Callable[[str], None] = print) -> d
             "recipe": "arithmetic",
             "arithmetic": dataclasses.asdict(task),
         },
+        overwrite=overwrite,
     )
     wall_seconds = time.perf_counter() - start
 

@@ -47,7 +47,12 @@ def resolve_pattern(name: str, regex_string: str | None = None) -> tuple[str, st
     resolve_pattern("custom", r"\\S+|\\s+") -> ("custom", r"\\S+|\\s+").
     """
     if regex_string is not None and name not in PATTERNS:
-        compile_pattern(regex_string)  # fail early on a broken regex
+        # compiling fails early on a broken regex; an empty match would cut text into empty chunks
+        if compile_pattern(regex_string).match("") is not None:
+            raise ConfigError(
+                f"split pattern regex {regex_string!r} matches the empty string, so it would cut text into "
+                "empty chunks; make every alternative consume at least one character"
+            )
         return name, regex_string
     if name not in PATTERNS:
         raise ConfigError(f"unknown split pattern {name!r}; choose one of: {', '.join(PATTERNS)}")

@@ -10,7 +10,11 @@ A checkpoint is a directory (the artifact table in docs/architecture.md):
 
 Atomicity: everything is written into a hidden temporary sibling directory, which is renamed into
 place only once complete. A crash while saving leaves the previous checkpoints untouched (and at worst
-a `.tmp` directory that the next save removes). Every file is validated on load and a broken one
+a `.tmp` directory that the next save removes). A crash between the two renames of a replacement
+(`fileio.replace_dir`, e.g. of `best/`) leaves the old copy as `.best.old-<id>`, which the next start
+puts back (`CheckpointManager.recover`) rather than deleting it. `best/` is recorded by step
+(`best_step` in trainer_state.json), and a resumed run checks that `best/` holds that step before it
+believes its best loss (`CheckpointManager.reconcile_best`). Every file is validated on load and a broken one
 raises `FormatError` naming it. Tensors are checked for NaN/inf before anything is written, so a
 checkpoint never holds non-finite values.
 
@@ -25,18 +29,46 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lmforge.errors import FormatError, LmforgeError
-from lmforge.fileio import atomic_write_json, load_safetensors, read_json, replace_dir, save_safetensors
+from lmforge.errors import FormatError, LmforgeError, is_int, is_number
+from lmforge.fileio import (
+    atomic_write_json,
+    fault_point,
+    load_safetensors,
+    read_json,
+    recover_dir,
+    replace_dir,
+    save_safetensors,
+)
 from lmforge.models.checkpoints import load_checkpoint
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# Fields of trainer_state.json whose type the trainer relies on: (key, check, what it must be).
+_STATE_TYPES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("step", lambda v: is_int(v, 0), "an integer >= 0"),
+    ("rng", lambda v: isinstance(v, dict), "an object"),
+    ("batches", lambda v: isinstance(v, dict), "an object"),
+    ("best_eval_loss", lambda v: v is None or is_number(v), "a number or null"),
+    ("best_step", lambda v: v is None or is_int(v, 0), "an integer >= 0 or null"),
+    *(
+        (key, lambda v: is_int(v, 0), "an integer >= 0")
+        for key in ("evals_without_improvement", "nonfinite_in_a_row", "skipped_steps", "tokens_seen")
+    ),
+    (
+        "history",
+        lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
+        "a list of objects",
+    ),
+)
 
 
 class NonFiniteError(LmforgeError):
@@ -106,6 +138,7 @@ def save_checkpoint(
             save_safetensors(tmp / "optimizer.safetensors", optim_tensors)
         state = {"format_version": FORMAT_VERSION, **trainer_state, "optimizer": optim_rest}
         atomic_write_json(tmp / "trainer_state.json", state, indent=None)
+        fault_point("checkpoint:before-rename")
         replace_dir(tmp, ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,6 +158,9 @@ def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
     for key in ("step", "rng", "batches"):
         if key not in state:
             raise FormatError(path, f"missing '{key}'")
+    for key, ok, rule in _STATE_TYPES:
+        if key in state and not ok(state[key]):
+            raise FormatError(path, f"'{key}' is {state[key]!r}; it must be {rule}")
     return state
 
 
@@ -139,7 +175,9 @@ def restore_training_state(
     """
     ckpt_dir = Path(ckpt_dir)
     state = load_trainer_state(ckpt_dir)
-    weights = load_checkpoint(ckpt_dir, require_tokenizer=False)[0].state_dict()
+    saved = load_checkpoint(ckpt_dir, require_tokenizer=False)[0]
+    _check_same_config(ckpt_dir, saved, model)
+    weights = saved.state_dict()
     optim_sd = None
     if optimizer is not None:
         path = ckpt_dir / "optimizer.safetensors"
@@ -149,6 +187,7 @@ def restore_training_state(
         optim_sd = _optimizer_from_files(tensors, state["optimizer"])
         if len(optim_sd["param_groups"]) != len(optimizer.param_groups):
             raise FormatError(path, "optimizer state does not match this optimizer (different param groups)")
+        _check_optimizer_fits(path, optim_sd, optimizer)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -156,6 +195,47 @@ def restore_training_state(
     if optim_sd is not None:
         optimizer.load_state_dict(optim_sd)
     return state
+
+
+def _check_same_config(ckpt_dir: Path, saved: nn.Module, model: nn.Module) -> None:
+    """A model whose config differs from the checkpoint's cannot resume it: name the differing fields."""
+    mine, theirs = getattr(model, "config", None), getattr(saved, "config", None)
+    if mine is None or theirs is None or type(mine) is not type(theirs):
+        return
+    differing = [
+        f"{name} {getattr(theirs, name)!r} -> {getattr(mine, name)!r}"
+        for name in vars(theirs)
+        if getattr(theirs, name) != getattr(mine, name)
+    ]
+    if differing:
+        raise FormatError(
+            ckpt_dir / "meta.json",
+            f"the checkpoint's model differs from this run's ({'; '.join(differing)}); resume with the "
+            "model settings it was trained with, or start a new run",
+        )
+
+
+def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Every saved per-parameter tensor must have its parameter's shape (torch does not check this, and a
+    mismatch would only fail inside the next optimizer step)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_counts = [len(group["params"]) for group in optim_sd["param_groups"]]
+    if saved_counts != [len(group["params"]) for group in optimizer.param_groups]:
+        raise FormatError(
+            path,
+            f"optimizer state is for another model ({sum(saved_counts)} parameters, "
+            f"this model has {len(params)})",
+        )
+    for index, per_param in optim_sd["state"].items():
+        if not 0 <= index < len(params):
+            raise FormatError(path, f"optimizer state names parameter {index}; this model has {len(params)}")
+        for name, value in per_param.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[index].shape:
+                raise FormatError(
+                    path,
+                    f"optimizer state 'state.{index}.{name}' has shape {tuple(value.shape)} but parameter "
+                    f"{index} has {tuple(params[index].shape)}: the file is from another model",
+                )
 
 
 # ---------------------------------------------------------------- a run's checkpoints
@@ -185,8 +265,9 @@ class CheckpointManager:
 
     def save(self, step: int, *, is_best: bool, **kwargs: Any) -> Path:
         """Save `step_<step>/` (kwargs as for `save_checkpoint`), refresh `best/` and prune old steps."""
-        self._remove_leftovers()
+        self.recover()
         path = save_checkpoint(self.directory / f"step_{step:08d}", **kwargs)
+        fault_point("checkpoint:before-best")
         if is_best:
             self._copy_to_best(path)
         for old in self.step_dirs()[: -self.keep_last]:
@@ -207,12 +288,67 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _remove_leftovers(self) -> None:
-        """Delete `.tmp`/`.old` directories left by a crash during an earlier save."""
-        if self.directory.is_dir():
-            for p in self.directory.iterdir():
-                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
-                    shutil.rmtree(p, ignore_errors=True)
+    def recover(self) -> list[str]:
+        """Clean up after a crash during an earlier save; returns what was restored, for the log.
+
+        A `.tmp-` directory is an unfinished save: deleted. A `.<name>.old-` directory is the previous
+        `<name>/` moved aside by a replacement: deleted once `<name>/` stands again, but renamed back to
+        `<name>/` when the crash came between the two renames (then it is the only copy).
+        """
+        restored: list[str] = []
+        if not self.directory.is_dir():
+            return restored
+        for p in sorted(self.directory.iterdir()):
+            if not p.name.startswith("."):
+                continue
+            if ".tmp-" in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+            elif ".old-" in p.name and p.exists():
+                target = self.directory / p.name[1:].rsplit(".old-", 1)[0]
+                if recover_dir(target):
+                    restored.append(f"restored {target} from the copy a crash left at {p.name}")
+        return restored
+
+    def reconcile_best(self, resumed: Path, state: dict[str, Any]) -> tuple[float | None, str | None]:
+        """The best eval loss a run resumed from `resumed` may claim, and a note when it had to change.
+
+        `state["best_step"]` says which step's model is the best. If `best/` holds another step (a crash
+        came between saving that step and copying it to `best/`, or the run resumed a checkpoint of
+        another run), that step's checkpoint is copied to `best/`; if it no longer exists anywhere, the
+        run forgets the best loss rather than claim a model it does not have.
+        """
+        best_loss, best_step = state.get("best_eval_loss"), state.get("best_step")
+        if best_loss is None or best_step is None:  # no evaluation yet, or a checkpoint from before best_step
+            return best_loss, None
+        candidates = [self.best, self.directory / f"step_{best_step:08d}", resumed.parent / "best"]
+        candidates.append(resumed.parent / f"step_{best_step:08d}")
+        for candidate in candidates:
+            try:
+                holds = load_trainer_state(candidate)["step"] == best_step
+            except FormatError:
+                continue
+            if holds:
+                if candidate != self.best:
+                    self._copy_to_best(candidate)
+                    return best_loss, f"best/ refreshed from {candidate} (step {best_step})"
+                return best_loss, None
+        return None, f"the best model (step {best_step}) is gone; the best loss starts afresh"
+
+    def set_aside_after(self, step: int) -> list[str]:
+        """Rename the step checkpoints newer than `step` to `step_XXXXXXXX.abandoned-<id>`; return notes.
+
+        A run resumed from an older checkpoint starts a new branch: left in place, the newer checkpoints
+        of the abandoned branch would win `latest()` (a later `--resume` would jump to them) and make
+        the pruning delete the new branch's checkpoints, whose step numbers sort lower. Renamed, they are
+        kept but no longer count as checkpoints of the run.
+        """
+        notes = []
+        for path in self.step_dirs():
+            if int(_STEP_DIR.match(path.name).group(1)) > step:
+                aside = path.with_name(f"{path.name}.abandoned-{uuid.uuid4().hex[:8]}")
+                os.replace(path, aside)
+                notes.append(f"resumed from step {step}: the newer {path.name} is kept as {aside.name}")
+        return notes
 
     def describe_fallback(self, broken: Path) -> str:
         """A hint naming the newest intact-looking checkpoint older than `broken`, for error messages."""

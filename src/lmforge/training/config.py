@@ -199,7 +199,9 @@ class TrainSection:
         check(
             _nonneg(self.peak_tflops), f"{s}.peak_tflops", self.peak_tflops, "use a number >= 0 (0 = measure)"
         )
-        check(is_int(self.seed), f"{s}.seed", self.seed, "use an integer")
+        check(
+            is_int(self.seed, 0) and self.seed < 2**64, f"{s}.seed", self.seed, "use an integer in [0, 2**64)"
+        )
         for name in ("compile", "checkpoint", "tensorboard", "progress"):
             check(
                 isinstance(getattr(self, name), bool), f"{s}.{name}", getattr(self, name), "use true or false"

@@ -45,6 +45,7 @@ from lmforge.training.logging import RunLogger, measure_matmul_peak
 from lmforge.training.objectives import Objective, causal_lm, count_targets
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.rng import rng_state, seed_everything, set_rng_state
+from lmforge.training.rundir import open_run_dir
 
 
 class TrainingDiverged(LmforgeError):
@@ -71,11 +72,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(
             f"train.device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N"
         ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={name!r} is invalid; this machine has no CUDA device, use auto or cpu"
+        )
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -183,11 +189,13 @@ class Trainer:
         # Progress of the run; everything here goes into trainer_state.json.
         self.step = 0
         self.best_eval_loss: float | None = None
+        self.best_step: int | None = None  # the step whose model is best/ (it has best_eval_loss)
         self.evals_without_improvement = 0
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self.tokens_seen = 0
         self.history: list[dict[str, Any]] = []
+        self.notes: list[str] = []  # what recovery after a crash did, printed when the run starts
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +203,7 @@ class Trainer:
             "rng": rng_state(),
             "batches": self.batches.state_dict(),
             "best_eval_loss": self.best_eval_loss,
+            "best_step": self.best_step,
             "evals_without_improvement": self.evals_without_improvement,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "skipped_steps": self.skipped_steps,
@@ -215,10 +224,32 @@ class Trainer:
                 else ""
             )
             raise FormatError(e.path, e.problem + hint) from None
-        self.batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
+        saved, now = state["batches"], self.batches.state_dict()
+        changed = [
+            f"{k} {saved[k]} -> {now[k]}"
+            for k in ("batch_size", "world_size")
+            if k in saved and k in now and saved[k] != now[k]
+        ]
+        self.batches.load_state_dict(saved)
+        if changed:
+            self.notes.append(
+                f"resuming with {', '.join(changed)}: from here on the batches differ from those of an "
+                "uninterrupted run"
+            )
+        try:
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # binascii.Error is a ValueError
+            raise FormatError(
+                ckpt_dir / "trainer_state.json", f"'rng' is not an RNG state saved by lmforge ({e})"
+            ) from None
         self.step = int(state["step"])
-        self.best_eval_loss = state.get("best_eval_loss")
+        self.notes += self.checkpoints.set_aside_after(self.step)
+        self.best_step = state.get("best_step")
+        self.best_eval_loss, note = self.checkpoints.reconcile_best(ckpt_dir, state)
+        if note:
+            self.notes.append(note)
+        if self.best_eval_loss is None:
+            self.best_step = None
         self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -264,6 +295,8 @@ class Trainer:
             f"training on {self.device} ({self.precision}) from step {self.step} to {cfg.max_iters}; "
             f"run dir {self.run_dir}"
         )
+        for note in self.notes:
+            logger.message(note)
         self.model.train()
         stopped, train_loss, last_eval = "max_iters", float("nan"), None
         window_tokens, window_start = 0, time.perf_counter()
@@ -356,7 +389,7 @@ class Trainer:
             logger.log(self.step, "val", metrics)
             loss = metrics.get("loss")  # an eval without a loss (e.g. exact match only) tracks no best
             if loss is not None and (self.best_eval_loss is None or loss < self.best_eval_loss):
-                self.best_eval_loss, is_best = loss, True
+                self.best_eval_loss, self.best_step, is_best = loss, self.step, True
                 self.evals_without_improvement = 0
             elif loss is not None:
                 self.evals_without_improvement += 1
@@ -387,8 +420,10 @@ def run_training(
     checkpoint_meta: dict[str, Any] | None = None,
     objective: Objective = causal_lm,
     resume: bool | str | Path = False,
+    overwrite: bool = False,
 ) -> tuple[Trainer, TrainResult]:
-    """The wiring every training command shares: optimizer, `Trainer`, resume point, the resolved config
+    """The wiring every training command shares: optimizer, `Trainer`, the run directory's lock and checks
+    (rundir.py: a directory holding a run needs `resume` or `overwrite`), resume point, the resolved config
     in `<out_dir>/config.toml`, then `fit()`. `config` has `optim` and `train` sections (`Config`, or a
     recipe's own sections dataclass). `resume=True` continues from the newest checkpoint of the run dir,
     a path from that checkpoint. Returns the trainer (its history, precision) and the result.
@@ -409,23 +444,29 @@ def run_training(
         rank=rank,
         world_size=world_size,
     )
-    resume_from = None
-    if resume is True:
-        resume_from = trainer.checkpoints.latest()
-        if resume_from is None:
-            raise ConfigError(f"--resume: no checkpoint in {trainer.checkpoints.directory}")
-    elif resume:
-        resume_from = Path(resume)
-    if trainer.is_main:
-        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    with open_run_dir(trainer.run_dir, resume=bool(resume), overwrite=overwrite) as notes:
+        trainer.notes += notes
+        trainer.notes += trainer.checkpoints.recover()  # e.g. best/ cut short between two renames
+        resume_from = _resume_point(trainer, resume)
         atomic_write_text(trainer.run_dir / "config.toml", to_toml(config))
-    return trainer, trainer.fit(resume_from=resume_from)
+        return trainer, trainer.fit(resume_from=resume_from)
 
 
-def train_from_config(config: Config, *, resume: bool | str | Path = False) -> TrainResult:
+def _resume_point(trainer: Trainer, resume: bool | str | Path) -> Path | None:
+    if resume is True:
+        latest = trainer.checkpoints.latest()
+        if latest is None:
+            raise ConfigError(f"--resume: no checkpoint in {trainer.checkpoints.directory}")
+        return latest
+    return Path(resume) if resume else None
+
+
+def train_from_config(
+    config: Config, *, resume: bool | str | Path = False, overwrite: bool = False
+) -> TrainResult:
     """Causal-LM pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it."""
     from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
-    from lmforge.data.shards import load_meta, open_split
+    from lmforge.data.shards import check_token_ids, load_meta, open_split
     from lmforge.evaluation.metrics import evaluate_lm
     from lmforge.models import GPT
     from lmforge.tokenizers import tokenizer_from_dict
@@ -433,7 +474,7 @@ def train_from_config(config: Config, *, resume: bool | str | Path = False) -> T
     train, data = config.train, config.data
     seed_everything(train.seed)
     meta = load_meta(data.dir)
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    tokenizer = tokenizer_from_dict(meta["tokenizer"], source=Path(data.dir) / "meta.json")
     if "vocab_size" not in config.model.options:
         config.model.options["vocab_size"] = tokenizer.vocab_size  # resolved: written into config.toml
     model_config = config.model.build()
@@ -442,16 +483,18 @@ def train_from_config(config: Config, *, resume: bool | str | Path = False) -> T
             f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
             f"{tokenizer.vocab_size} ids"
         )
+    train_tokens, eval_tokens = open_split(data.dir, "train"), open_split(data.dir, data.eval_split)
+    for split, tokens in (("train", train_tokens), (data.eval_split, eval_tokens)):
+        check_token_ids(data.dir, split, tokens, tokenizer.vocab_size)  # refused before step 1
     model = GPT(model_config)
     batches = RandomWindows(
-        open_split(data.dir, "train"),
+        train_tokens,
         block_size=model_config.block_size,
         batch_size=train.batch_size,
         seed=train.seed,
         rank=int(os.environ.get("RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
     )
-    eval_tokens = open_split(data.dir, data.eval_split)
     split_counts = meta["splits"][data.eval_split]
     bytes_per_token = split_counts["bytes"] / split_counts["tokens"] if split_counts["bytes"] else None
     device = resolve_device(train.device)
@@ -473,6 +516,12 @@ def train_from_config(config: Config, *, resume: bool | str | Path = False) -> T
         "dataset": str(data.dir),
     }
     _, result = run_training(
-        config, model, batches, evaluate=evaluate, checkpoint_meta=checkpoint_meta, resume=resume
+        config,
+        model,
+        batches,
+        evaluate=evaluate,
+        checkpoint_meta=checkpoint_meta,
+        resume=resume,
+        overwrite=overwrite,
     )
     return result
