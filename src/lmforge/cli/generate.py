@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 
 def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_tokens: int | str) -> None:
-    p.add_argument(
-        "--ckpt", required=True, metavar="DIR", help="checkpoint directory (model.safetensors + meta.json)"
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", metavar="DIR", help="checkpoint directory (model.safetensors + meta.json)")
+    which.add_argument(
+        "--model", metavar="NAME", help="a built-in pretrained model (see 'lmforge models'), converted once"
     )
     g = p.add_argument_group("sampling")
     g.add_argument(
@@ -137,6 +139,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     import torch
 
     from lmforge.inference import Engine, SamplingParams
+    from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
 
     if args.threads is not None:
@@ -154,7 +157,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         frequency_penalty=args.frequency_penalty,
         seed=args.seed,
     )
-    model, tokenizer, meta = load_checkpoint(args.ckpt)
+    model, tokenizer, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
     model = model.to(getattr(torch, args.dtype))
     engine = Engine(model, compile=args.compile, context=getattr(args, "context", "error"))
     return engine, tokenizer, params, meta
@@ -211,11 +214,11 @@ def _with_seed(params: Any, seed: int) -> Any:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from lmforge.inference.chat import ChatFormat, fit_conversation
+    from lmforge.inference.chat import JinjaChatFormat, chat_format
     from lmforge.inference.text import stream_text
 
     engine, tokenizer, params, meta = _load(args)
-    chat = ChatFormat(tokenizer, meta.get("chat_template"), source=f"{args.ckpt}/meta.json")
+    chat = chat_format(tokenizer, meta, source=f"{args.ckpt or args.model}/meta.json")
     if args.max_new_tokens is None:
         args.max_new_tokens = min(256, engine.block_size // 2)
     budget = engine.block_size - args.max_new_tokens
@@ -224,11 +227,12 @@ def run_chat(args: argparse.Namespace) -> int:
             f"--max-new-tokens={args.max_new_tokens} leaves no room for the conversation in the model's "
             f"context of {engine.block_size} tokens; use a smaller value"
         )
-    if args.system and chat.template is None:
+    templated = isinstance(chat, JinjaChatFormat) or chat.template is not None
+    if args.system and not templated:
         raise ConfigError("--system needs a checkpoint with a chat template; this one continues plain text")
-    system = [chat.message("system", args.system)] if args.system else []
-    messages: list[list[int]] = list(system)
-    mode = "chat template" if chat.template else "plain continuation (no chat template in this checkpoint)"
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages: list[dict[str, Any]] = list(system)
+    mode = "chat template" if templated else "plain continuation (no chat template in this checkpoint)"
     print(f"lmforge chat: {mode}; context {engine.block_size} tokens. /reset clears, /quit or Ctrl-D exits.")
     for turn in itertools.count():
         try:
@@ -243,13 +247,12 @@ def run_chat(args: argparse.Namespace) -> int:
             continue
         if not line.strip():
             continue
-        messages.append(chat.message("user", line))
-        prompt = fit_conversation(messages, budget - len(chat.generation_prompt()), keep_first=bool(system))
+        messages.append({"role": "user", "content": line})
         reply: list[int] = []
         for piece in stream_text(
             engine,
             tokenizer,
-            prompt + chat.generation_prompt(),
+            chat.prompt(messages, budget),
             params if params.seed is None else _with_seed(params, params.seed + turn),  # reproducible turns
             max_new_tokens=args.max_new_tokens,
             stop=args.stop,
@@ -258,4 +261,4 @@ def run_chat(args: argparse.Namespace) -> int:
         ):
             print(piece, end="", flush=True)
         print()
-        messages.append(chat.message("assistant", reply))
+        messages.append({"role": "assistant", "content": tokenizer.decode(reply), "ids": reply})

@@ -8,7 +8,15 @@ a user cannot type a control token. Without a template the conversation is plain
 message followed by a newline, each reply as the model wrote it, and the model simply continues the
 transcript.
 
-`fit_conversation` drops the oldest turns so that a conversation plus the reply fits the window.
+A model converted from GGUF or Hugging Face carries its own Jinja template (meta.json
+"chat_template_jinja", e.g. SmolLM2's ChatML); `JinjaChatFormat` renders the whole conversation with it
+exactly as transformers' `apply_chat_template` does (`chat_template.py`) and encodes the text, special
+tokens included. `chat_format(tokenizer, meta)` picks the right one for a checkpoint.
+
+Both take the conversation as `{"role", "content"}` messages (an assistant message may also carry the
+"ids" the model generated, which the per-role format reuses instead of re-encoding the text), and
+`prompt(messages, budget)` returns the ids to generate from: the oldest turns (a system message
+excepted) are dropped until the conversation and the opening of the reply fit `budget` tokens.
 
 Deliberately not here: the terminal loop (`lmforge chat`, cli/generate.py), generation (engine.py,
 text.py). The loss mask of instruction fine-tuning will be built from the same format.
@@ -16,9 +24,12 @@ text.py). The loss mask of instruction fine-tuning will be built from the same f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ConfigError, FormatError
+from lmforge.inference.chat_template import render_chat_template
+from lmforge.models.gguf import JINJA_TEMPLATE_KEY
 
 if TYPE_CHECKING:
     from lmforge.tokenizers.base import Tokenizer
@@ -60,8 +71,60 @@ class ChatFormat:
                 ids.add(self.tokenizer.special_tokens[s])
         return tuple(sorted(ids))
 
+    def prompt(self, messages: Sequence[Mapping[str, Any]], budget: int) -> list[int]:
+        """Ids of the conversation plus the opening of the reply, oldest turns dropped to fit `budget`."""
+        ids = [self.message(m["role"], m.get("ids", m["content"])) for m in messages]
+        opening = self.generation_prompt()
+        keep_first = bool(messages) and messages[0]["role"] == "system"
+        return fit_conversation(ids, budget - len(opening), keep_first=keep_first) + opening
+
     def _encode_template_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, allowed_special="all")  # the template's own text may hold specials
+
+
+class JinjaChatFormat:
+    """A conversation rendered by the model's own Jinja chat template (see the module docstring)."""
+
+    def __init__(self, tokenizer: Tokenizer, template: str, *, bos_token: str | None, eos_token: str | None):
+        self.tokenizer, self.template = tokenizer, template
+        self.bos_token, self.eos_token = bos_token, eos_token
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return render_chat_template(
+            self.template,
+            plain,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+        )
+
+    def prompt(self, messages: Sequence[Mapping[str, Any]], budget: int) -> list[int]:
+        """Ids of the rendered conversation; the oldest turns (not a system message) are dropped first."""
+        kept = list(messages)
+        while True:
+            ids = self.tokenizer.encode(self.render(kept), allowed_special="all")
+            first = 1 if kept and kept[0]["role"] == "system" else 0
+            if len(ids) <= budget or len(kept) - first <= 1:
+                return ids[-budget:]
+            del kept[first]
+
+    def stop_ids(self) -> tuple[int, ...]:
+        """A reply ends at the template's end-of-turn token (eos_token) or the end-of-text token."""
+        ids = {self.tokenizer.eot_id} - {None}
+        if self.eos_token in self.tokenizer.special_tokens:
+            ids.add(self.tokenizer.special_tokens[self.eos_token])
+        return tuple(sorted(ids))
+
+
+def chat_format(tokenizer: Tokenizer, meta: Mapping[str, Any], *, source: str = "meta.json") -> Any:
+    """The chat format of a checkpoint: its Jinja template, else its per-role template, else plain text."""
+    template = meta.get(JINJA_TEMPLATE_KEY)
+    if isinstance(template, str):
+        return JinjaChatFormat(
+            tokenizer, template, bos_token=meta.get("bos_token"), eos_token=meta.get("eos_token")
+        )
+    return ChatFormat(tokenizer, meta.get("chat_template"), source=source)
 
 
 def fit_conversation(messages: list[list[int]], budget: int, *, keep_first: bool) -> list[int]:

@@ -74,6 +74,17 @@ def _load_checked(model: GPT, state: dict[str, torch.Tensor], weights_path: Path
     return model
 
 
+def _export_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights to export: the state dict without LoRA tensors, so a model with unmerged adapters
+    exports its base and a merged one its merged weights (adapters go out through `to_peft_adapter`)."""
+    if model.config.tie_embeddings and model.lm_head.weight is not model.transformer.wte.weight:
+        raise ConfigError(
+            "the LM head's merged adapter unties it from the embedding, which a tied export cannot hold; "
+            "unmerge_lora and export the adapter with to_peft_adapter"
+        )
+    return {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+
+
 def _config_from_hf(hf: dict, path: Path) -> GPTConfig:
     """GPTConfig from an HF GPT-2 config.json dict; options GPT-2 has but we do not are an error."""
     if hf.get("model_type") != "gpt2":
@@ -144,7 +155,7 @@ def to_hf_gpt2(model: GPT, directory: str | Path, *, eot_id: int | None = None) 
     if bad:
         raise ConfigError(f"cannot export to HF GPT-2: {'; '.join(bad)}")
     directory = Path(directory)
-    tensors = {name: (t.t() if _is_conv1d(name) else t) for name, t in model.state_dict().items()}
+    tensors = {name: (t.t() if _is_conv1d(name) else t) for name, t in _export_state(model).items()}
     if c.tie_embeddings:
         del tensors["lm_head.weight"]  # HF re-ties it from transformer.wte.weight
     save_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
@@ -220,7 +231,7 @@ def to_hf_llama(model: GPT, directory: str | Path, *, eot_id: int | None = None)
         raise ConfigError(f"cannot export to HF Llama: {'; '.join(bad)}")
     if eot_id is not None and not 0 <= eot_id < c.vocab_size:
         raise ConfigError(f"eot_id={eot_id} is outside the model's vocabulary (vocab_size={c.vocab_size})")
-    sd = model.state_dict()
+    sd = _export_state(model)
     tensors = {theirs: sd[ours] for ours, theirs in _llama_names(c)}
     for i in range(c.n_layer):
         ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
@@ -351,3 +362,92 @@ def from_hf(directory: str | Path) -> tuple[GPT, str]:
     if model_type == "llama":
         return from_hf_llama(directory), "llama"
     raise FormatError(path, f"model_type {model_type!r} is not supported (lmforge converts gpt2 and llama)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRA adapters in peft's layout
+
+
+def to_peft_adapter(model: GPT, directory: str | Path) -> str:
+    """Write the LoRA adapters of `model` as `adapter_config.json` + `adapter_model.safetensors` that
+    `peft.PeftModel.from_pretrained` loads onto the `to_hf` export of the same model; returns which
+    architecture ("gpt2" or "llama").
+
+    The mapping is exact (the same logits, unmerged or merged):
+    - Llama: q_proj, k_proj and v_proj get our separate q/k/v adapters as they are; gate_proj and up_proj
+      both get c_fc's A with the gate and up halves of its B; o_proj, down_proj and lm_head map one to one.
+    - GPT-2: HF keeps q, k, v fused in one `c_attn`, and peft adapts it as one projection. Our update of
+      c_attn is s * diag(B_q, B_k, B_v) [A_q; A_k; A_v] with s = alpha/rank, which is one LoRA of rank
+      3*rank with A' = [A_q; A_k; A_v] (3r, in) and the block-diagonal B' (3 n_embd, 3r). peft scales by
+      lora_alpha / r, so c_attn gets r = 3*rank and lora_alpha = 3*alpha (rank_pattern/alpha_pattern),
+      keeping the scale s. No rank-r peft adapter can hold it in general: the update has rank up to 3r.
+      Trained further in peft, the off-diagonal blocks of B' would become non-zero (a superset of ours).
+    Dropout is applied once per fused matmul here and once per projection in peft (training only).
+    """
+    from lmforge.models.lora import lora_modules
+
+    modules = lora_modules(model)
+    if not isinstance(model, GPT) or not modules:
+        raise ConfigError("to_peft_adapter needs a GPT with LoRA adapters (apply_lora or load_adapter first)")
+    first = next(iter(modules.values()))
+    if {(m.rank, m.alpha) for m in modules.values()} != {(first.rank, first.alpha)}:
+        raise ConfigError("to_peft_adapter needs one rank and alpha for every adapter")
+    rank, alpha = first.rank, first.alpha
+    architecture = hf_architecture(model.config)
+    tensors: dict[str, torch.Tensor] = {}
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+
+    def put(name: str, A: torch.Tensor, B: torch.Tensor) -> None:
+        tensors[f"base_model.model.{name}.lora_A.weight"] = A.detach().clone()  # own storage: safetensors
+        tensors[f"base_model.model.{name}.lora_B.weight"] = B.detach().clone()  # refuses shared tensors
+
+    for name, module in modules.items():
+        A, B = module.lora_A, module.lora_B
+        if architecture == "gpt2":
+            if len(module.splits) > 1:  # the fused c_attn: one rank-3r adapter
+                put(name, A, module.block_B())  # (3 n_embd, 3 rank)
+                rank_pattern["c_attn"] = len(module.splits) * rank
+                alpha_pattern["c_attn"] = len(module.splits) * alpha
+            else:
+                put(name, A, B)
+            continue
+        if name == "lm_head":
+            put(name, A, B)
+            continue
+        layer, _, local = name.removeprefix("transformer.h.").partition(".")
+        prefix = f"model.layers.{layer}."
+        if local == "attn.c_attn":
+            for x, A_x, B_x in zip("qkv", A.split(rank), B.split(module.splits), strict=True):
+                put(f"{prefix}self_attn.{x}_proj", A_x, B_x)
+        elif local == "mlp.c_fc":
+            gate, up = B.chunk(2)
+            put(f"{prefix}mlp.gate_proj", A, gate)
+            put(f"{prefix}mlp.up_proj", A, up)
+        else:
+            put(prefix + {"attn.c_proj": "self_attn.o_proj", "mlp.c_proj": "mlp.down_proj"}[local], A, B)
+    targets = sorted({key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for key in tensors})
+    directory = Path(directory)
+    save_safetensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
+    atomic_write_json(
+        directory / "adapter_config.json",
+        {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": None,
+            "r": rank,
+            "lora_alpha": alpha,
+            "lora_dropout": first.lora_dropout.p if isinstance(first.lora_dropout, torch.nn.Dropout) else 0.0,
+            "target_modules": targets,
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": alpha_pattern,
+            "fan_in_fan_out": architecture == "gpt2",  # HF GPT-2's Conv1D stores (in, out)
+            "bias": "none",
+            "use_rslora": False,
+            "use_dora": False,
+            "init_lora_weights": True,
+            "inference_mode": True,
+            "modules_to_save": None,
+        },
+    )
+    return architecture

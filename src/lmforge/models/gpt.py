@@ -282,6 +282,21 @@ class GPT(nn.Module):
         """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with last_only) and the mean cross-entropy
         against targets (B, T), skipping IGNORE_INDEX (None without targets). See the module docstring
         for `kv_cache`."""
+        x = self.hidden_states(idx, kv_cache=kv_cache)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # fp32 loss whatever the weight dtype: bf16 log-softmax over 50k entries loses digits
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final hidden states (B, T, C), after the last norm and before the LM head
+        (what a classifier head or a probe reads)."""
         B, T = idx.shape
         if kv_cache is None:
             if T > self.config.block_size:
@@ -308,17 +323,7 @@ class GPT(nn.Module):
             x = block(x, rope=rope, kv_cache=kv_cache, mask=mask)
         if kv_cache is not None:
             kv_cache.length += T
-        x = self.transformer.ln_f(x)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            # fp32 loss whatever the weight dtype: bf16 log-softmax over 50k entries loses digits
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     def new_kv_cache(
         self,

