@@ -15,6 +15,20 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache_in_a_temporary_directory(tmp_path_factory: pytest.TempPathFactory):
+    """Built-in models convert into $LMFORGE_CACHE: never the user's own cache during tests."""
+    import os
+
+    previous = os.environ.get("LMFORGE_CACHE")
+    os.environ["LMFORGE_CACHE"] = str(tmp_path_factory.mktemp("lmforge-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("LMFORGE_CACHE", None)
+    else:
+        os.environ["LMFORGE_CACHE"] = previous
+
+
 @functools.cache
 def _shakespeare() -> str:
     from lmforge.data.builtin import builtin_text

@@ -96,13 +96,25 @@ def test_cli_user_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "x.json: corrupt" in err and "Traceback" not in err
 
 
-def test_demo_runs_the_whole_path_at_a_tiny_size(tmp_path, capsys):
-    """`make demo` at 4 training steps: every stage runs, metrics are finite, outputs exist."""
+def test_demo_runs_the_whole_path_at_a_tiny_size(tmp_path, capsys, monkeypatch):
+    """`make demo` at 4 training steps: every stage runs, metrics are finite, outputs exist. The last stage
+    (the built-in SmolLM2 answering, tested on the real file in test_gguf_smollm2.py) is only called here."""
+    from lmforge.cli import demo
+
+    asked = []
+    monkeypatch.setattr(demo, "_ask_builtin_model", lambda name, question: asked.append(name))
     assert main(["demo", "--out", str(tmp_path), "--vocab-size", "300", "--iters", "4"]) == 0
+    assert asked == ["smollm2-135m-instruct"]
     out = capsys.readouterr().out
     summary = next(line for line in out.splitlines() if line.startswith("trained 4 steps"))
     assert "nan" not in summary
-    for stage in ("== 1. tokenizer", "== 2. data", "== 3. training", "== 4. samples"):
+    for stage in (
+        "== 1. tokenizer",
+        "== 2. data",
+        "== 3. training",
+        "== 4. samples",
+        "== 5. a real pretrained",
+    ):
         assert stage in out
     assert (tmp_path / "train" / "checkpoints" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "train" / "plots" / "loss.png").is_file()

@@ -3,7 +3,9 @@
 1. train a byte-level BPE tokenizer on Shakespeare (one play held out) and print its statistics;
 2. prepare the plays into deduplicated, split, tokenized shards;
 3. train a small GPT on them for a few minutes;
-4. print samples from the best checkpoint, and where the metrics and plots are.
+4. print samples from the best checkpoint, and where the metrics and plots are;
+5. ask the built-in pretrained model (SmolLM2-135M-Instruct, converted once into the cache) one question,
+   to show what the same code does with real pretrained weights.
 
 Every step calls the same library function as its own command (`tokenizer train`, `data prepare`, `train`,
 `generate`), so the demo doubles as a map of the pipeline. It deliberately has no options beyond sizes.
@@ -92,4 +94,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint: {checkpoint}")
     print(f"metrics:    {result.run_dir / 'metrics.csv'} (TensorBoard: {result.run_dir / 'events'})")
     print(f"plots:      {result.run_dir / 'plots'}")
+
+    print("\n== 5. a real pretrained model ==")
+    _ask_builtin_model("smollm2-135m-instruct", "What is the capital of France?")
     return 0
+
+
+def _ask_builtin_model(name: str, question: str) -> None:
+    """One greedy answer of a built-in model through its own chat template (as `lmforge chat` would)."""
+    import torch
+
+    from lmforge.errors import DataError
+    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference.chat import chat_format
+    from lmforge.inference.text import stream_text
+    from lmforge.models.builtin import builtin_checkpoint
+    from lmforge.models.checkpoints import load_checkpoint
+
+    try:
+        model, tokenizer, meta = load_checkpoint(builtin_checkpoint(name))
+    except DataError as e:  # the data package is missing: the demo's own path above still stands
+        print(f"skipped: {e}")
+        return
+    chat = chat_format(tokenizer, meta)
+    prompt = chat.prompt([{"role": "user", "content": question}], model.config.block_size - 64)
+    engine = Engine(model.to(torch.bfloat16))
+    answer = "".join(
+        stream_text(engine, tokenizer, prompt, SamplingParams(temperature=0.0), max_new_tokens=48,
+                    stop_ids=chat.stop_ids())
+    )  # fmt: skip
+    print(f"lmforge chat --model {name}\n> {question}\n{answer.strip()}")
