@@ -118,3 +118,16 @@ def test_demo_runs_the_whole_path_at_a_tiny_size(tmp_path, capsys, monkeypatch):
         assert stage in out
     assert (tmp_path / "train" / "checkpoints" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "train" / "plots" / "loss.png").is_file()
+
+
+def test_wiki_leads_are_titled_articles_with_eleven_topics():
+    from collections import Counter
+
+    from lmforge.data.builtin import wiki_lead_topics
+
+    docs = list(builtin_documents("wiki-leads"))
+    assert len(docs) == 10_033 and docs == sorted(docs, key=lambda d: d.name)
+    hamlet = next(d for d in docs if d.name == "wiki-leads/Hamlet")
+    assert hamlet.text.startswith("Hamlet\nThe Tragedy of Hamlet, Prince of Denmark")
+    topics = Counter(label for _, label in wiki_lead_topics())
+    assert len(topics) == 11 and "Uncategorized" not in topics and topics["Mathematics"] > 100

