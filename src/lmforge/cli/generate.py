@@ -133,7 +133,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """-> (engine, tokenizer, sampling params, checkpoint meta), validating options before loading."""
     import torch
 
-    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference import Engine, SamplingParams, for_cpu_inference
     from lmforge.inference.text import load_checkpoint
     from lmforge.models import checkpoint_meta
 
@@ -153,7 +153,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         seed=args.seed,
     )
     model, tokenizer = load_checkpoint(args.ckpt)
-    model = model.to(getattr(torch, args.dtype))
+    model = for_cpu_inference(model.to(getattr(torch, args.dtype)), copy=False)  # loaded only to generate
     engine = Engine(model, compile=args.compile, context=getattr(args, "context", "error"))
     return engine, tokenizer, params, checkpoint_meta(args.ckpt)
 
