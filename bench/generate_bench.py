@@ -3,9 +3,12 @@
 GPT-2 124M shape with random weights: a transformers GPT2LMHeadModel is built from GPT2Config(), saved,
 and loaded into lmforge with `from_hf_gpt2`, so both run identical weights and must emit identical
 greedy tokens (checked). Measured: tokens/s of the decoding phase for a 16-token prompt and 256 new
-tokens in fp32 (both) and bf16 weights (lmforge); then lmforge with and without its KV cache ("without"
-recomputes the whole sequence for every token) at 512 and 1024 tokens of context. Each figure is the
-best of --repeats runs, alternating peers so that load from other processes hits both alike.
+tokens in fp32 (both) and bf16 weights (lmforge); lmforge runs the model as `lmforge generate` does,
+in the CPU inference layout (`for_cpu_inference`), and also in fp32 as given (`Engine(model)` on a
+model that is still being trained keeps the default layout); then lmforge with and without its KV cache
+("without" recomputes the whole sequence for every token) at 512 and 1024 tokens of context, and the
+time of a prefill with oneDNN on and off. Each figure is the best of --repeats runs, alternating peers
+so that load from other processes hits both alike.
 
 Run: .venv/bin/python bench/generate_bench.py [--new-tokens 256 --repeats 2 --long-new-tokens 8]
 """
@@ -43,7 +46,7 @@ def main() -> None:
 
     import transformers
 
-    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference import Engine, SamplingParams, for_cpu_inference
     from lmforge.models.convert import from_hf_gpt2
 
     torch.manual_seed(0)
@@ -85,20 +88,24 @@ def main() -> None:
             ids.append(int(logits[0, -1].argmax()))
         return ids[len(prompt_ids) :]
 
+    as_given = Engine(from_hf_gpt2_copy(ours))  # default layout, as a model being trained keeps it
+    ours = for_cpu_inference(ours, copy=False)  # as `lmforge generate` loads a checkpoint
     engine = Engine(ours)
-    hf_generate(prompt, 4), ours_generate(engine, prompt, 4)  # warm-up
+    hf_generate(prompt, 4), ours_generate(engine, prompt, 4), ours_generate(as_given, prompt, 4)  # warm-up
     rates: dict[str, float] = {}
     outputs: dict[str, list[int]] = {}
     for _ in range(args.repeats):  # alternate, best of each
         for name, fn in (
             ("transformers fp32", lambda: hf_generate(prompt, n)),
             ("lmforge fp32", lambda: ours_generate(engine, prompt, n)),
+            ("lmforge fp32 as given", lambda: ours_generate(as_given, prompt, n)),
         ):
             rate, outputs[name] = best_rate(fn, n, 1)
             rates[name] = max(rate, rates.get(name, 0.0))
     same = outputs["lmforge fp32"] == outputs["transformers fp32"]
 
-    bf16 = from_hf_gpt2_copy(ours).to(torch.bfloat16)
+    # .to() keeps the fp32 layout's strides; for_cpu_inference gives bf16 back the layout it prefers
+    bf16 = for_cpu_inference(from_hf_gpt2_copy(ours).to(torch.bfloat16), copy=False)
     bf16_engine = Engine(bf16)
     ours_generate(bf16_engine, prompt, 4)
     rates["lmforge bf16"], outputs["lmforge bf16"] = best_rate(
@@ -141,8 +148,27 @@ def main() -> None:
             f"({cached / uncached:5.1f}x), transformers cached {hf_rate:6.1f} tok/s; "
             f"same tokens: {out_cached == out_uncached == out_hf}"
         )
+    prefill_kernels(ours, bf16, args.repeats)
     if args.ppl_steps:
         bf16_perplexity_cost(args.ppl_steps)
+
+
+@torch.inference_mode()
+def prefill_kernels(fp32: torch.nn.Module, bf16: torch.nn.Module, repeats: int) -> None:
+    """Seconds of one prefill (a forward pass over a 256-token prompt, last position's logits) with
+    oneDNN on and off: the engine keeps oneDNN for prefill and turns it off for the one-token steps."""
+    idx = torch.randint(0, fp32.config.vocab_size, (1, 256))
+    print("prefill of 256 tokens (best of repeats), oneDNN on / off:")
+    for name, model in (("fp32", fp32), ("bf16", bf16)):
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(repeats):
+            for enabled in (True, False):
+                torch.backends.mkldnn.enabled = enabled
+                start = time.perf_counter()
+                model(idx, last_only=True)
+                best[enabled] = min(best[enabled], time.perf_counter() - start)
+                torch.backends.mkldnn.enabled = True
+        print(f"  {name}: {best[True]:.3f} s / {best[False]:.3f} s")
 
 
 def bf16_perplexity_cost(steps: int) -> None:

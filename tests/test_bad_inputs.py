@@ -265,7 +265,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         _prepare(source="{w}/nope.txt"),
         2,
         "lmforge data: error: source '{w}/nope.txt': no such file or directory (built-in corpora: "
-        "shakespeare, python-stdlib)",
+        "shakespeare, python-stdlib, wiki-leads)",
     ),
     (
         "prepare-tokenizer-missing",

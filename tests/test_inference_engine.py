@@ -147,20 +147,110 @@ def test_bfloat16_weights_just_work():
     )
 
 
-def test_matvec_layout_changes_memory_order_only(tmp_path):
-    """The engine's weight layout keeps values, shapes, the tied head and checkpoints; bf16 gets the
-    default layout back (its decoding kernel prefers it)."""
-    from lmforge.inference.engine import matvec_layout
+def snapshot(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, tuple[int, ...], int]]:
+    """Every parameter's values (a copy), strides and data pointer, by name (tied ones under each name)."""
+    return {
+        name: (p.detach().clone(), p.stride(), p.data_ptr())
+        for name, p in model.named_parameters(remove_duplicate=False)
+    }
+
+
+def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after.keys() == before.keys()
+    for name, (values, stride, pointer) in before.items():
+        assert after[name][1] == stride and after[name][2] == pointer, name
+        assert torch.equal(after[name][0], values), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_leaves_the_model_and_onednn_switch_unchanged(dtype):
+    """Default construction, generating, streaming to the end and abandoning a stream change neither the
+    model's parameters (values, strides, storage) nor torch's global oneDNN switch, whichever value it had."""
+    model = tiny_gpt(seed=7).to(dtype).train()
+    before = snapshot(model)
+    engine = Engine(model)
+    assert_unchanged(model, before)
+    for onednn in (True, False):
+        torch.backends.mkldnn.enabled = onednn
+        try:
+            engine.generate([[1, 2, 3], [4]], GREEDY, max_new_tokens=5)
+            assert torch.backends.mkldnn.enabled is onednn
+            list(engine.stream([[1, 2]], GREEDY, max_new_tokens=4))
+            assert torch.backends.mkldnn.enabled is onednn
+            abandoned = engine.stream([[1, 2]], GREEDY, max_new_tokens=10)
+            next(abandoned)
+            assert torch.backends.mkldnn.enabled is onednn and not model.training
+            del abandoned  # garbage collected mid-stream
+            assert torch.backends.mkldnn.enabled is onednn and model.training
+        finally:
+            torch.backends.mkldnn.enabled = True
+    assert_unchanged(model, before)
+    assert model.training
+
+
+def test_onednn_is_off_exactly_while_the_engine_decodes():
+    """The one-token steps run with oneDNN off and prefill with it on; the caller's code between tokens,
+    interleaved streams and an error inside a step all find the switch as they left it."""
+    model = tiny_gpt(seed=8)
+    forwards: list[tuple[int, bool]] = []  # (tokens per row, oneDNN on) of every forward pass
+    hook = model.register_forward_pre_hook(
+        lambda module, args: forwards.append((args[0].shape[1], torch.backends.mkldnn.enabled))
+    )
+    engine = Engine(model, context="sliding")
+    # two streams advanced in turn; the window of 32 fills, so prefill also runs inside the loop
+    first = engine.stream([[1, 2]], GREEDY, max_new_tokens=40)
+    second = engine.stream([[3, 4, 5]], GREEDY, max_new_tokens=40)
+    caller = [torch.backends.mkldnn.enabled for _ in zip(first, second, strict=True)]
+    assert len(caller) == 40 and all(caller) and torch.backends.mkldnn.enabled
+    prefills = [on for T, on in forwards if T > 1]
+    decodes = [on for T, on in forwards if T == 1]
+    assert len(prefills) > 2 and all(prefills)
+    assert len(decodes) > 60 and not any(decodes)
+    hook.remove()
+
+    def failing_step(module, args):
+        if args[0].shape[1] == 1:
+            raise RuntimeError("step failed")
+
+    model.register_forward_pre_hook(failing_step)
+    with pytest.raises(RuntimeError, match="step failed"):
+        engine.generate([[1, 2]], GREEDY, max_new_tokens=3)
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError, match="step failed"):
+        list(engine.stream([[1, 2]], GREEDY, max_new_tokens=3))
+    assert torch.backends.mkldnn.enabled
+
+
+def test_for_cpu_inference_changes_memory_order_only(tmp_path):
+    """The CPU layout keeps values, shapes, the tied head and checkpoints; by default it works on a copy
+    and leaves the model alone; with copy=False it re-lays out the model given, keeping each Parameter;
+    bf16 gets the default layout back (its decoding kernel prefers it)."""
+    from lmforge.inference import for_cpu_inference
 
     model = GPT(GPTConfig.preset("tiny", vocab_size=97)).eval()
     idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
-    before = model(idx)[0]
-    matvec_layout(model)
-    head = model.lm_head.weight
-    assert not head.is_contiguous() and head.t().is_contiguous()
-    assert head is model.transformer.wte.weight  # still tied
-    torch.testing.assert_close(model(idx)[0], before)
-    model.save_checkpoint(tmp_path)
-    torch.testing.assert_close(GPT.from_checkpoint(tmp_path).eval()(idx)[0], before)
-    matvec_layout(model.to(torch.bfloat16))
+    logits = model(idx)[0]
+    before = snapshot(model)
+    copy = for_cpu_inference(model)
+    assert_unchanged(model, before)
+    head = copy.lm_head.weight
+    assert head is not model.lm_head.weight and head.data_ptr() != model.lm_head.weight.data_ptr()
+    assert head.stride() == (1, 97)  # (97, 64) values stored as a contiguous (64, 97) matrix
+    assert head is copy.transformer.wte.weight  # still tied
+    torch.testing.assert_close(copy(idx)[0], logits)
+    copy.save_checkpoint(tmp_path)
+    torch.testing.assert_close(GPT.from_checkpoint(tmp_path).eval()(idx)[0], logits)
+
+    parameters = list(model.parameters())
+    assert for_cpu_inference(model, copy=False) is model
+    assert list(model.parameters()) == parameters and all(
+        a is b for a, b in zip(model.parameters(), parameters, strict=True)
+    )
+    assert model.lm_head.weight.stride() == (1, 97) and model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(model(idx)[0], logits)
+    again = snapshot(model)
+    for_cpu_inference(model, copy=False)
+    assert_unchanged(model, again)  # applying it twice changes nothing
+    for_cpu_inference(model.to(torch.bfloat16), copy=False)
     assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear))

@@ -143,7 +143,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """-> (engine, tokenizer, sampling params, checkpoint meta), validating options before loading."""
     import torch
 
-    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference import Engine, SamplingParams, for_cpu_inference
     from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
 
@@ -165,7 +165,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         seed=args.seed,
     )
     model, tokenizer, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
-    model = model.to(getattr(torch, args.dtype))
+    model = for_cpu_inference(model.to(getattr(torch, args.dtype)), copy=False)  # loaded only to generate
     engine = Engine(model, compile=args.compile, context=getattr(args, "context", "error"))
     return engine, tokenizer, params, meta
 

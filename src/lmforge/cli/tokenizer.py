@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from lmforge.errors import ConfigError
+from lmforge.tokenizers.special import ENDOFTEXT
 
 TOKENIZER_HELP = (
     "a tokenizer.json written by lmforge or a Hugging Face byte-level BPE one, "
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--pattern", default="gpt4", help="split pattern: gpt2, gpt4 or code (default: gpt4)")
     train.add_argument(
-        "--special", nargs="*", default=["<|endoftext|>"], help="special tokens (default: <|endoftext|>)"
+        "--special", nargs="*", default=[ENDOFTEXT], help=f"special tokens (default: {ENDOFTEXT})"
     )
     train.add_argument(
         "--min-frequency", type=int, default=2, help="stop when no pair is this frequent (default 2)"

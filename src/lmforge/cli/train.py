@@ -225,10 +225,11 @@ def _eval_text(args: argparse.Namespace, model: Any, tokenizer: Any, autocast: A
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference import Engine, SamplingParams, for_cpu_inference
     from lmforge.models.checkpoints import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(args.ckpt)
+    model = for_cpu_inference(model, copy=False)  # loaded only to sample
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     start = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else []
     start = start or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]

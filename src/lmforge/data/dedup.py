@@ -66,7 +66,7 @@ def word_hashes(text: str) -> np.ndarray:
     accented and non-Latin words stay whole) in the UTF-8 encoding. Word hash = sum of
     (byte + 1) * P**k over its bytes, k the offset in the word, mod 2**64: the sums over all words come
     from one prefix product and `np.add.reduceat`, then are divided by P**start via the inverse of P.
-    Example: "Hi, hi!" -> two equal hashes. ~5x faster than a regex plus a hash call per word.
+    Example: "Hi, hi!" -> two equal hashes. No Python-level work per word (unlike a regex plus a hash call).
     """
     data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
     is_word = _WORD_BYTE[data]

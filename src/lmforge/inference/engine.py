@@ -20,9 +20,14 @@ cached keys, which only RoPE would allow.
 
 The engine runs in whatever dtype the model's parameters have (`model.to(torch.bfloat16)` halves the
 bytes read per token, which is what bounds batch-1 decoding on a CPU); sampling is done in float32.
-For the same reason `Engine` stores each float32 Linear weight in (in, out) memory order
-(`matvec_layout`): values and shapes stay the same, but one-row products then stream the weights 1.2x
-(blocks) to 1.9x (the 50257-row LM head) faster on the CPU measured in bench/generate_bench.py.
+Kernels: prefill (all prompt tokens at once, a matrix product) runs on oneDNN; the one-token steps
+(a row times each weight matrix) run with oneDNN switched off, on ATen's own kernels, which stream bf16
+weights much faster (figures in BENCHMARKS.md). The switch is torch's global
+`torch.backends.mkldnn.enabled`: it is off only while the engine computes and is put back before any
+token reaches the caller, also on errors and when a stream is abandoned.
+The engine never changes the model it is given (it only sets eval mode for the duration of a call).
+The weight layout that makes float32 decoding faster on a CPU is a separate, explicit step that owns
+its copy of the weights: `lmforge.inference.cpu.for_cpu_inference`.
 `compile=True` wraps the one-token decoding step in `torch.compile`.
 
 Deliberately not here: text (tokenizers, stop strings, UTF-8; see `text.py`), and the choice of the
@@ -54,7 +59,7 @@ class Engine:
     def __init__(self, model: torch.nn.Module, *, compile: bool = False, context: str = "error"):
         if context not in CONTEXT_POLICIES:
             raise ConfigError(f"context={context!r} is invalid; choose one of {', '.join(CONTEXT_POLICIES)}")
-        self.model = matvec_layout(model)
+        self.model = model
         self.context = context
         self.block_size: int = model.config.block_size
         self.vocab_size: int = model.config.vocab_size
@@ -73,13 +78,14 @@ class Engine:
         """New token ids of every row; row i * num_samples + j is sample j of prompt i. A row that hit a
         stop id ends with it."""
         rows: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
-        for row, token in self.stream(
-            prompts, params, max_new_tokens=max_new_tokens, num_samples=num_samples, stop_ids=stop_ids
-        ):
-            rows[row].append(token)
+        with _onednn(enabled=False):  # no caller code runs inside: one scope for the whole decode loop
+            for tokens in self._steps(
+                prompts, params, max_new_tokens=max_new_tokens, num_samples=num_samples, stop_ids=stop_ids
+            ):
+                for row, token in tokens:
+                    rows[row].append(token)
         return rows
 
-    @torch.inference_mode()
     def stream(
         self,
         prompts: Sequence[Sequence[int]],
@@ -89,12 +95,43 @@ class Engine:
         num_samples: int = 1,
         stop_ids: Sequence[int] = (),
     ) -> Iterator[tuple[int, int]]:
-        """Yield (row, token id) as each token is produced: one per unfinished row per step."""
+        """Yield (row, token id) as each token is produced: one per unfinished row per step.
+
+        oneDNN is off while the engine computes a step and back as it was whenever the caller's code runs
+        (at each yield): a scope held across yields would leave it off in the caller's code, for as long
+        as an abandoned stream is not garbage collected, and for good if two streams were interleaved
+        (each restores the value it saw on entry, so out-of-order exits leave the wrong one).
+        """
+        steps = self._steps(
+            prompts, params, max_new_tokens=max_new_tokens, num_samples=num_samples, stop_ids=stop_ids
+        )
+        try:
+            while True:
+                with _onednn(enabled=False):
+                    tokens = next(steps, None)
+                if tokens is None:
+                    return
+                yield from tokens
+        finally:
+            steps.close()  # an abandoned stream puts the model's training mode back now
+
+    @torch.inference_mode()
+    def _steps(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        max_new_tokens: int,
+        num_samples: int,
+        stop_ids: Sequence[int],
+    ) -> Iterator[list[tuple[int, int]]]:
+        """The decode loop: yields, step by step, the (row, token id) of every row still unfinished.
+        Meant to run with oneDNN off (`generate`, `stream`); prefill turns it on for itself."""
         prompts = self._check(prompts, max_new_tokens=max_new_tokens, num_samples=num_samples)
         history = [list(p) for p in prompts for _ in range(num_samples)]  # per row: prompt + generated
         B = len(history)
         was_training = self.model.training
-        self.model.eval()  # no dropout; restored when the stream ends
+        self.model.eval()  # no dropout; restored when the loop ends
         try:
             device = self.model.lm_head.weight.device
             generator = params.make_generator(device)
@@ -113,10 +150,10 @@ class Engine:
             finished = torch.zeros(B, dtype=torch.bool, device=device)
             for step in range(max_new_tokens):
                 next_ids = sample_next(logits, params, generator=generator, seen=seen, counts=counts)  # (B,)
-                for b, token in enumerate(next_ids.tolist()):
-                    if not finished[b]:
-                        history[b].append(token)
-                        yield b, token
+                tokens = [(b, token) for b, token in enumerate(next_ids.tolist()) if not finished[b]]
+                for b, token in tokens:
+                    history[b].append(token)
+                yield tokens
                 finished |= torch.isin(next_ids, stop)
                 if bool(finished.all()) or step == max_new_tokens - 1:
                     return
@@ -171,51 +208,27 @@ class Engine:
         padded = [[0] * n + row for n, row in zip(left_padding, rows, strict=True)]  # any pad id works
         idx = torch.tensor(padded, device=cache.k.device)  # (B, T)
         cache.reset(left_padding=left_padding)
-        logits, _ = self.model(idx, kv_cache=cache, last_only=True)  # (B, 1, V)
+        with _onednn(enabled=True):  # many rows: a matrix product, where oneDNN's kernels are the fast ones
+            logits, _ = self.model(idx, kv_cache=cache, last_only=True)  # (B, 1, V)
         return logits[:, -1]
 
     def _decode(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decoding step: ids (B, 1) -> logits (B, V) of the next token."""
-        with _without_onednn():
-            logits, _ = self.model(ids, kv_cache=cache)  # (B, 1, V)
+        logits, _ = self.model(ids, kv_cache=cache)  # (B, 1, V)
         return logits[:, -1]
 
 
-def matvec_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """Store every Linear weight in the memory order that one-row products read fastest; in place.
-
-    `F.linear(x, W)` computes x @ W.T. For float32, W stored as the transpose of a contiguous (in, out)
-    matrix (what GPT-2's Conv1D keeps) streams faster through the CPU BLAS kernel than the default
-    layout (23.8 -> 19.8 ms for GPT-2's 48 block matrices, 11.9 -> 6.4 ms for its LM head, one-row
-    products at 2 threads); ATen's bf16 kernel, which decoding uses, is the other way round (the
-    transposed layout made bf16 decoding 6x slower), so other dtypes get the default layout back.
-    Values, shapes, parameter identity (tied weights stay tied) and checkpoints (saved contiguous) are
-    unchanged, and calling it again is harmless.
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, torch.nn.Linear):
-                continue
-            weight = module.weight.data
-            if weight.dtype == torch.float32 and weight.is_contiguous():
-                module.weight.data = weight.t().contiguous().t()
-            elif weight.dtype != torch.float32 and not weight.is_contiguous():
-                module.weight.data = weight.contiguous()
-    return model
-
-
 @contextmanager
-def _without_onednn() -> Iterator[None]:
-    """Route matmuls to ATen's own CPU kernels instead of oneDNN's for the duration.
+def _onednn(*, enabled: bool) -> Iterator[None]:
+    """Turn torch's global oneDNN switch on or off for the duration, then put back the value it had.
 
-    A decoding step multiplies one row by each weight matrix (a matrix-vector product). For bf16
-    weights, ATen's kernel streams the weights at memory speed while oneDNN's was 1.6x slower on one
-    thread and up to 20x slower on two busy cores (bench/generate_bench.py); for fp32 the two are
-    equal. Prefill (many rows: a real matrix product) keeps oneDNN.
+    For a matrix-vector product (one row times a weight matrix, each decoding step) ATen's own CPU
+    kernels stream bf16 weights at memory speed while oneDNN's are slow for a single row, much more so
+    on busy cores; for fp32 the two are level. For prefill (many rows) oneDNN's are the fast ones.
     """
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = enabled
+        torch.backends.mkldnn.enabled = previous

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import ConfigError
+from lmforge.inference.cpu import for_cpu_inference
 from lmforge.inference.engine import Engine
 from lmforge.inference.sampling import SamplingParams
 
@@ -203,11 +204,14 @@ def generate(
 
     Example: `lmforge.generate("runs/shakespeare/ckpt", "ROMEO:", max_new_tokens=50, seed=0)`.
     Generation ends after `max_new_tokens`, at the end-of-text token, or before the first stop string.
+    A checkpoint is loaded in the CPU inference layout (`cpu.for_cpu_inference`); a model given is used
+    as it is and left unchanged.
     """
     if isinstance(ckpt_dir_or_model, (str, Path)):
         from lmforge.models.checkpoints import load_checkpoint
 
         model, tokenizer, _ = load_checkpoint(ckpt_dir_or_model)
+        model = for_cpu_inference(model, copy=False)  # loaded only for this call
     elif tokenizer is None:
         raise ConfigError("generate(model, ...) needs tokenizer=...; a checkpoint directory carries its own")
     else:

@@ -111,7 +111,7 @@ class ImageTrainSection:
     # seed of the weights, the batch order and the augmentation
     seed: int = 1337
     # intra-op CPU threads (torch.set_num_threads); 0 = torch's default. On a CPU shared with other jobs,
-    # 1 avoids OpenMP spin-waits (3-4x faster per step measured on a loaded 2-core machine)
+    # 1 avoids OpenMP spin-waits (figures in BENCHMARKS.md, Vision)
     threads: int = 0
     # write TensorBoard events into out_dir/events
     tensorboard: bool = True
