@@ -85,8 +85,10 @@ def main() -> None:
     print(f"   tiktoken encode_ordinary_batch      {raw:6.2f} s  {megabytes / raw:6.1f} MB/s")
     for workers in (1, 2):
         ours = best_of(args.repeat, lambda w=workers: lmforge_stage(w))
-        print(f"   lmforge stage, workers={workers}            {ours:6.2f} s  {megabytes / ours:6.1f} MB/s"
-              f"  ratio {ours / raw:.2f}x (target <= 1.2x)")
+        print(
+            f"   lmforge stage, workers={workers}            {ours:6.2f} s  {megabytes / ours:6.1f} MB/s"
+            f"  ratio {ours / raw:.2f}x (target <= 1.2x)"
+        )
 
     print("\n2. end to end: prepare(['python-stdlib'], dedup near, workers=1)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,12 +108,13 @@ def main() -> None:
                         f.write(json.dumps({"text": f"# copy {copy} document {i}\n{text}"}) + "\n")
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, str(source), str(Path(tmp) / f"ds{copies}")],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout.split()
             rss, seconds, tokens = float(out[0]), float(out[1]), int(out[2])
             size = f"{copies * megabytes:6.1f} MB, {tokens:>11,} tokens"
-            print(f"   {copies}x ({size}): peak RSS {rss:7.1f} MB, "
-                  f"{seconds:5.1f} s")
+            print(f"   {copies}x ({size}): peak RSS {rss:7.1f} MB, {seconds:5.1f} s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from lmforge.tokenizers import BPETokenizer
 
 
 def test_classic_example_by_hand():
-    """"aaabdaaabac" (one chunk, a=97 b=98 c=99 d=100):
+    """ "aaabdaaabac" (one chunk, a=97 b=98 c=99 d=100):
     1. pairs: aa ×4 (two in each "aaa"), ab ×2, bd, da, ba, ac ×1 -> merge (97, 97) -> 256
        ids [256, 97, 98, 100, 256, 97, 98, 97, 99]
     2. pairs: (256, 97) ×2 and (97, 98) ×2 tie; the smaller pair wins -> (97, 98) -> 257

@@ -11,8 +11,11 @@ from lmforge.errors import ConfigError, FormatError
 from lmforge.training.config import config_from_dict, load_config, to_toml
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
-TRAINER_CONFIGS = [p for p in CONFIGS if p.name in
-                   ("shakespeare-char.toml", "shakespeare-bpe.toml", "stdlib-code.toml", "gpt2-124m.toml")]
+TRAINER_CONFIGS = [
+    p
+    for p in CONFIGS
+    if p.name in ("shakespeare-char.toml", "shakespeare-bpe.toml", "stdlib-code.toml", "gpt2-124m.toml")
+]
 
 
 def test_the_four_shipped_configs_exist() -> None:
@@ -28,10 +31,19 @@ def test_shipped_configs_load_and_build_a_model(path: Path) -> None:
 
 
 def test_overrides_are_parsed_as_toml_values() -> None:
-    config = load_config(None, overrides=[
-        "data.dir=data/x", "optim.lr=3e-4", "train.max_iters=100", "optim.schedule=linear",
-        "model.bias=false", "model.n_layer=3", "optim.weight_decay=0", "train.out_dir=runs/a b",
-    ])
+    config = load_config(
+        None,
+        overrides=[
+            "data.dir=data/x",
+            "optim.lr=3e-4",
+            "train.max_iters=100",
+            "optim.schedule=linear",
+            "model.bias=false",
+            "model.n_layer=3",
+            "optim.weight_decay=0",
+            "train.out_dir=runs/a b",
+        ],
+    )
     assert config.optim.lr == 3e-4 and config.train.max_iters == 100 and config.optim.schedule == "linear"
     assert config.model.options == {"bias": False, "n_layer": 3}
     assert config.optim.weight_decay == 0.0 and isinstance(config.optim.weight_decay, float)
@@ -39,24 +51,35 @@ def test_overrides_are_parsed_as_toml_values() -> None:
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    config = load_config(None, overrides=["data.dir=d", "model.preset=tiny", "model.dropout=0.1",
-                                          "optim.eps=1e-10", "train.out_dir=r\"q"])
+    config = load_config(
+        None,
+        overrides=[
+            "data.dir=d",
+            "model.preset=tiny",
+            "model.dropout=0.1",
+            "optim.eps=1e-10",
+            'train.out_dir=r"q',
+        ],
+    )
     path = tmp_path / "config.toml"
     path.write_text(to_toml(config))
     assert load_config(path) == config
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["optim.lr=-1"], "optim.lr=-1.0 is invalid; use a positive number"),
-    (["optim.min_lr=1", "optim.lr=0.1"], "min_lr"),
-    (["optim.name=adam"], "choose one of ('adamw', 'sgd')"),
-    (["train.batch_size=0"], "train.batch_size=0 is invalid; use an integer >= 1"),
-    (["train.precision=fp16"], "choose one of ('auto', 'bf16', 'fp32')"),
-    (["train.max_iter=5"], "unknown key train.max_iter; known keys: out_dir, max_iters"),
-    (["trian.max_iters=5"], "unknown section"),
-    (["max_iters=5"], "use section.key=value"),
-    (["train.compile=yes"], "use true or false"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lr=-1"], "optim.lr=-1.0 is invalid; use a positive number"),
+        (["optim.min_lr=1", "optim.lr=0.1"], "min_lr"),
+        (["optim.name=adam"], "choose one of ('adamw', 'sgd')"),
+        (["train.batch_size=0"], "train.batch_size=0 is invalid; use an integer >= 1"),
+        (["train.precision=fp16"], "choose one of ('auto', 'bf16', 'fp32')"),
+        (["train.max_iter=5"], "unknown key train.max_iter; known keys: out_dir, max_iters"),
+        (["trian.max_iters=5"], "unknown section"),
+        (["max_iters=5"], "use section.key=value"),
+        (["train.compile=yes"], "use true or false"),
+    ],
+)
 def test_invalid_values_name_the_field(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides=["data.dir=d", *overrides])

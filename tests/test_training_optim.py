@@ -83,11 +83,13 @@ def test_cosine_schedule_by_hand() -> None:
 def test_linear_and_constant_schedules_by_hand() -> None:
     """Linear, lr=1, min_lr=0, warmup 0, decay 4: 1, 0.75, 0.5, 0.25, 0, 0. Constant with warmup 4:
     0.25, 0.5, 0.75, 1, then 1 forever."""
-    linear = [lr_at(s, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=4, schedule="linear")
-              for s in range(6)]
+    linear = [
+        lr_at(s, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=4, schedule="linear") for s in range(6)
+    ]
     assert linear == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
-    constant = [lr_at(s, lr=1.0, min_lr=0.0, warmup_iters=4, decay_iters=4, schedule="constant")
-                for s in range(6)]
+    constant = [
+        lr_at(s, lr=1.0, min_lr=0.0, warmup_iters=4, decay_iters=4, schedule="constant") for s in range(6)
+    ]
     assert constant == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 

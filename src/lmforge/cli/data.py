@@ -26,52 +26,92 @@ example:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "data", help="prepare tokenized datasets (clean, dedup, split, shard)",
+        "data",
+        help="prepare tokenized datasets (clean, dedup, split, shard)",
         description="Turn raw text into a clean, deduplicated, split and tokenized dataset directory.",
     )
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     prep = sub.add_parser(
-        "prepare", help="sources -> cleaned, deduplicated, split, tokenized shards",
+        "prepare",
+        help="sources -> cleaned, deduplicated, split, tokenized shards",
         description="Read sources, clean and filter documents, remove exact and near duplicates, split "
         "by document hash, tokenize, and write memory-mappable shards plus meta.json and a report.",
-        epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PREPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    prep.add_argument("--source", action="append", required=True, metavar="PATH_OR_BUILTIN",
-                      help="a file, directory, glob pattern, or built-in corpus; repeat for several")
-    prep.add_argument("--text-field", default="text",
-                      help="JSONL field / Parquet column holding the text (default: text)")
-    prep.add_argument("--tokenizer", required=True, metavar="TOKENIZER_JSON",
-                      help="path of a tokenizer.json (any kind lmforge saves); needs <|endoftext|>")
+    prep.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="PATH_OR_BUILTIN",
+        help="a file, directory, glob pattern, or built-in corpus; repeat for several",
+    )
+    prep.add_argument(
+        "--text-field", default="text", help="JSONL field / Parquet column holding the text (default: text)"
+    )
+    prep.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="TOKENIZER_JSON",
+        help="path of a tokenizer.json (any kind lmforge saves); needs <|endoftext|>",
+    )
     prep.add_argument("--out", required=True, metavar="DIR", help="the dataset directory to create")
     prep.add_argument("--val", type=float, default=0.05, help="fraction of documents for val (default: 0.05)")
     prep.add_argument("--test", type=float, default=0.0, help="fraction of documents for test (default: 0)")
-    prep.add_argument("--dedup", choices=("none", "exact", "near"), default="near",
-                      help="remove exact duplicates, or exact and near duplicates (default: near)")
-    prep.add_argument("--near-threshold", type=float, default=0.8,
-                      help="Jaccard similarity of word 3-gram sets counted as near duplicate (default: 0.8)")
+    prep.add_argument(
+        "--dedup",
+        choices=("none", "exact", "near"),
+        default="near",
+        help="remove exact duplicates, or exact and near duplicates (default: near)",
+    )
+    prep.add_argument(
+        "--near-threshold",
+        type=float,
+        default=0.8,
+        help="Jaccard similarity of word 3-gram sets counted as near duplicate (default: 0.8)",
+    )
     prep.add_argument("--seed", type=int, default=0, help="seed of the split assignment (default: 0)")
-    prep.add_argument("--workers", type=int, default=1,
-                      help="tokenizer processes; 1 encodes in-process with tiktoken's threads (default: 1)")
-    prep.add_argument("--on-bad-record", choices=("skip", "fail"), default="skip",
-                      help="malformed JSONL line / missing field / null value: skip and report it, or stop "
-                      "(default: skip)")
+    prep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="tokenizer processes; 1 encodes in-process with tiktoken's threads (default: 1)",
+    )
+    prep.add_argument(
+        "--on-bad-record",
+        choices=("skip", "fail"),
+        default="skip",
+        help="malformed JSONL line / missing field / null value: skip and report it, or stop (default: skip)",
+    )
     prep.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (at the very end)")
     prep.add_argument("--quiet", action="store_true", help="no progress bars and no printed report")
     filters = prep.add_argument_group("cleaning and quality filters (a filter without a value is off)")
     filters.add_argument("--lowercase", action="store_true", help="lowercase all text")
     filters.add_argument("--min-chars", type=int, default=1, help="drop shorter documents (default: 1)")
     filters.add_argument("--max-chars", type=int, help="drop longer documents")
-    filters.add_argument("--min-alpha", type=float, metavar="FRACTION",
-                         help="drop documents whose letters / non-space characters is below this")
-    filters.add_argument("--max-dup-lines", type=float, metavar="FRACTION",
-                         help="drop documents with more than this fraction of repeated lines")
-    filters.add_argument("--max-line-length", type=int, metavar="CHARS",
-                         help="drop documents with a longer line")
+    filters.add_argument(
+        "--min-alpha",
+        type=float,
+        metavar="FRACTION",
+        help="drop documents whose letters / non-space characters is below this",
+    )
+    filters.add_argument(
+        "--max-dup-lines",
+        type=float,
+        metavar="FRACTION",
+        help="drop documents with more than this fraction of repeated lines",
+    )
+    filters.add_argument(
+        "--max-line-length", type=int, metavar="CHARS", help="drop documents with a longer line"
+    )
     prep.set_defaults(func=run_prepare)
 
-    info = sub.add_parser("info", help="check a prepared dataset and print its report",
-                          description="Validate meta.json and the split files of DIR, then print its report.")
+    info = sub.add_parser(
+        "info",
+        help="check a prepared dataset and print its report",
+        description="Validate meta.json and the split files of DIR, then print its report.",
+    )
     info.add_argument("dir", metavar="DIR", help="a directory written by 'lmforge data prepare'")
     info.set_defaults(func=run_info)
 
@@ -82,15 +122,26 @@ def run_prepare(args: argparse.Namespace) -> int:
     from lmforge.data.prepare import prepare
 
     clean = CleanConfig(
-        lowercase=args.lowercase, min_chars=args.min_chars, max_chars=args.max_chars,
-        min_alpha_fraction=args.min_alpha, max_dup_line_fraction=args.max_dup_lines,
+        lowercase=args.lowercase,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        min_alpha_fraction=args.min_alpha,
+        max_dup_line_fraction=args.max_dup_lines,
         max_line_length=args.max_line_length,
     )
     prepare(
-        args.source, tokenizer=args.tokenizer, out=args.out, text_field=args.text_field,
-        on_bad_record=args.on_bad_record, clean=clean,
+        args.source,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        text_field=args.text_field,
+        on_bad_record=args.on_bad_record,
+        clean=clean,
         dedup=DedupConfig(mode=args.dedup, threshold=args.near_threshold),
-        val=args.val, test=args.test, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        workers=args.workers,
+        overwrite=args.overwrite,
         command=_command_line(args),
         verbose=not args.quiet,
     )

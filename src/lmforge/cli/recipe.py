@@ -31,13 +31,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "      --set 'arithmetic.train_digits=[1,2]' --set 'arithmetic.ood_digits=[3]'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    a.add_argument("--config", default="configs/arithmetic.toml", metavar="FILE",
-                   help="recipe config (default: configs/arithmetic.toml)")
-    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, parsed as TOML (repeatable): --set train.max_iters=500")
+    a.add_argument(
+        "--config",
+        default="configs/arithmetic.toml",
+        metavar="FILE",
+        help="recipe config (default: configs/arithmetic.toml)",
+    )
+    a.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, parsed as TOML (repeatable): --set train.max_iters=500",
+    )
     a.add_argument("--out", default=None, metavar="DIR", help="output directory (default: train.out_dir)")
-    a.add_argument("--overwrite", action="store_true",
-                   help="the output directory already holds a run: replace that run's files")
+    a.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the output directory already holds a run: replace that run's files",
+    )
     a.set_defaults(func=run_arithmetic)
 
 

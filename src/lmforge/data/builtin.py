@@ -96,9 +96,7 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__"}
 def stdlib_paths() -> list[Path]:
     """The standard library's .py files, sorted, skipping site-packages and caches."""
     root = stdlib_dir()
-    return [
-        p for p in sorted(root.rglob("*.py")) if not _STDLIB_SKIP.intersection(p.relative_to(root).parts)
-    ]
+    return [p for p in sorted(root.rglob("*.py")) if not _STDLIB_SKIP.intersection(p.relative_to(root).parts)]
 
 
 def stdlib_documents() -> Iterator[Document]:

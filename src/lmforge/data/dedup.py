@@ -143,8 +143,10 @@ class Deduplicator:
         if len(hashes) == 0:
             return False  # no words: only exact deduplication applies
         signature = MinHash(
-            num_perm=self.config.num_perm, permutations=self._template.permutations,
-            scheme="affine32", hashfunc=int,
+            num_perm=self.config.num_perm,
+            permutations=self._template.permutations,
+            scheme="affine32",
+            hashfunc=int,
         )
         signature.update_batch(hashes.tolist())
         for key in self._lsh.query(signature):

@@ -126,8 +126,13 @@ def prepare(
             "dedup": {"exact_removed": kept.exact_removed, "near_removed": kept.near_removed, **vars(dedup)},
             "cleaning": vars(clean),
             "sources": [r.stats.as_dict() for r in readers],
-            "options": {"text_field": text_field, "on_bad_record": on_bad_record, "val": val, "test": test,
-                        "seed": seed},
+            "options": {
+                "text_field": text_field,
+                "on_bad_record": on_bad_record,
+                "val": val,
+                "test": test,
+                "seed": seed,
+            },
             "command": command,
             "lmforge_version": __version__,
         }
@@ -207,7 +212,11 @@ class _Kept:
 
 
 def _read_clean_dedup(
-    readers: list[SourceReader], spool_path: Path, clean: CleanConfig, dedup: DedupConfig, seed: int,
+    readers: list[SourceReader],
+    spool_path: Path,
+    clean: CleanConfig,
+    dedup: DedupConfig,
+    seed: int,
     verbose: bool,
 ) -> _Kept:
     from lmforge.progress import progress_bar
@@ -266,7 +275,11 @@ def _encode_spool(
     counts = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
     spool = work / "documents.spool"
     bar = progress_bar(
-        desc="tokenize", total=spool.stat().st_size, unit="B", unit_scale=True, disable=not verbose,
+        desc="tokenize",
+        total=spool.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        disable=not verbose,
         mininterval=0.5,
     )
 
@@ -326,8 +339,13 @@ def format_report(meta: dict[str, Any], *, seconds: float | None = None) -> str:
     docs_in = meta["documents"]["read"]
     lines += ["", "documents", f"  {'read':<34}{docs_in:>8,}"]
     remaining = docs_in
-    thresholds = {"min_chars": "min_chars", "max_chars": "max_chars", "alpha_fraction": "min_alpha_fraction",
-                  "dup_line_fraction": "max_dup_line_fraction", "max_line_length": "max_line_length"}
+    thresholds = {
+        "min_chars": "min_chars",
+        "max_chars": "max_chars",
+        "alpha_fraction": "min_alpha_fraction",
+        "dup_line_fraction": "max_dup_line_fraction",
+        "max_line_length": "max_line_length",
+    }
     for name, removed in meta["filters"].items():
         remaining -= removed
         setting = meta["cleaning"].get(thresholds.get(name, ""), "")

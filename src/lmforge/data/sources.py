@@ -88,7 +88,8 @@ def resolve_source(spec: str) -> tuple[str, list[Path]]:
             )
         if path.is_dir():
             paths = sorted(
-                p for p in path.rglob("*")
+                p
+                for p in path.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not paths:
