@@ -147,3 +147,10 @@ def test_no_import_cycles():
     fixed = sorted(KNOWN_CYCLES - cycles)
     assert not new, "import cycles:\n" + "\n".join(map(format_cycle, new))
     assert not fixed, "KNOWN_CYCLES that are gone; delete them:\n" + "\n".join(map(format_cycle, fixed))
+
+
+def test_nothing_inside_the_package_imports_its_front_file():
+    """`lmforge/__init__.py` re-exports the high-level API (lazily); a module that imported it would put
+    the front file mid-house, below modules it itself imports."""
+    importers = sorted(name for name, targets in import_graph().items() if "lmforge" in targets)
+    assert importers == [], f"import from the defining module instead: {importers}"

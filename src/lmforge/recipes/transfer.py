@@ -25,11 +25,11 @@ from typing import Any
 
 from torch import nn
 
-from lmforge import seed_everything
 from lmforge.data.images import check_image_shape
 from lmforge.fileio import atomic_write_json, atomic_write_text
 from lmforge.models.vision import build_classifier, load_classifier
 from lmforge.training.config import to_toml
+from lmforge.training.rng import seed_everything
 from lmforge.training.vision import VisionRunConfig, fit_classifier, load_splits
 
 MODES = (

@@ -218,7 +218,7 @@ def _plot_series(history: list[dict[str, Any]], keys: Sequence[str], path: Path,
 
 def train_generative(config: GenerativeRunConfig) -> dict[str, Any]:
     """Train the model of `config.model.kind`; write checkpoint, grids and results.json into train.out_dir."""
-    from lmforge import seed_everything
+    from lmforge.training.rng import seed_everything
 
     train, mc = config.train, config.model
     seed_everything(train.seed)

@@ -271,8 +271,8 @@ def fit_classifier(
 
 def train_classifier(config: VisionRunConfig) -> dict[str, Any]:
     """The whole run of `lmforge vision train` (see the module docstring); returns results.json's content."""
-    from lmforge import seed_everything
     from lmforge.evaluation.vision import confusion_matrix, misclassified_grid, plot_confusion_matrix, predict
+    from lmforge.training.rng import seed_everything
 
     seed_everything(config.train.seed)
     data = config.data
