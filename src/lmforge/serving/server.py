@@ -54,6 +54,7 @@ from lmforge.serving.scheduler import Request as Generation
 
 log = logging.getLogger("lmforge.serving")
 STATIC_DIR = Path(__file__).parent / "static"
+PLAYGROUND_FILES = {"playground.js": "text/javascript", "playground.css": "text/css"}  # served by name only
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,12 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        if name not in PLAYGROUND_FILES:
+            raise APIError(404, f"no static file {name!r}", type="not_found_error")
+        return FileResponse(STATIC_DIR / name, media_type=PLAYGROUND_FILES[name])
 
     @app.get("/health")
     async def health() -> JSONResponse:
