@@ -149,7 +149,9 @@ def test_streaming_matches_the_whole_answer(served):
     chat = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=10, temperature=0, stream=True
     )
-    text = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+    chunks = list(chat)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage.completion_tokens >= 1 and chunks[-1].choices[0].finish_reason is not None
     whole = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=10, temperature=0
     )
@@ -333,3 +335,22 @@ def test_health_is_503_while_loading_and_access_log(caplog):
         release.set()
         server.should_exit = True
         thread.join(30)
+
+
+def test_a_request_over_its_time_limit_gets_504():
+    tokenizer = CharTokenizer(CHARS, special_tokens=("<|endoftext|>",))
+    model = GPT(
+        GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=64)
+    ).eval()
+    server = Server(
+        create_app(lambda: (model, tokenizer, {}), ServerConfig(model_name="t", request_timeout=1e-3))
+    )
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.completions.create(model="t", prompt="A", max_tokens=40, temperature=0)
+        assert e.value.status_code == 504
+        scheduler = server.server.config.app.state.lmforge["served"].scheduler
+        assert scheduler.load() == (0, 0) and scheduler.cache is None
+    finally:
+        server.stop()

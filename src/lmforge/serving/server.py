@@ -397,7 +397,7 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
     async def stream_events(job: Job, rid: str, created: int, *, chat: bool, include_usage: bool):
         kind = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
+        def chunk(index: int, text: str | None, finish: str | None, first: bool = False, usage=None) -> str:
             if chat:
                 delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
                 choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -410,9 +410,11 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
                     "created": created,
                     "model": config.model_name,
                     "choices": [choice],
+                    "usage": usage,
                 }
             )
 
+        finished = 0
         try:
             if chat:
                 for index in range(len(job.generations)):
@@ -425,8 +427,12 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
                         error_body(status, message, "timeout" if finish == "timeout" else "server_error")
                     )
                     break
+                finished += finish is not None
                 if text or finish:
-                    yield chunk(index, text, finish)
+                    # the chunk that ends the last choice carries the usage (OpenAI's chunks have the
+                    # field; with stream_options.include_usage a separate usage chunk follows too)
+                    last = finished == len(job.generations) and not include_usage
+                    yield chunk(index, text, finish, usage=job.usage() if last else None)
             else:
                 if include_usage:
                     yield _sse(
