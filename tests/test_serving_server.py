@@ -92,6 +92,17 @@ def served():
     server.stop()
 
 
+def idle(scheduler, timeout: float = 10.0) -> bool:
+    """True once the scheduler holds no request and no KV rows (it updates its batch just after the last
+    token of a request has been sent, so a client can see its answer a moment before that)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if scheduler.load() == (0, 0) and scheduler.cache is None:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def greedy(model, tokenizer, ids: list[int], n: int, stop_ids=()) -> tuple[str, list[int]]:
     """Engine's greedy continuation as text (cut before a stop id) and its ids."""
     out = Engine(model).generate([ids], SamplingParams(temperature=0), max_new_tokens=n, stop_ids=stop_ids)[0]
@@ -225,11 +236,7 @@ def test_a_client_dropping_mid_stream_frees_its_rows(served):
     stream = client.completions.create(model="tiny", prompt="A", max_tokens=40, temperature=0, stream=True)
     next(iter(stream))
     stream.close()  # the connection goes away mid-generation
-    for _ in range(200):
-        if scheduler.load() == (0, 0) and scheduler.cache is None:
-            break
-        time.sleep(0.05)
-    assert scheduler.load() == (0, 0) and scheduler.cache is None
+    assert idle(scheduler)
     assert server.get("/health")[0] == 200
 
 
@@ -261,7 +268,7 @@ def test_concurrent_streaming_clients(served):
     assert errors == [] and len(results) == 16
     assert all(text == expected[p] for p, text in results)
     scheduler = server.server.config.app.state.lmforge["served"].scheduler
-    assert scheduler.load() == (0, 0) and scheduler.cache is None
+    assert idle(scheduler)
 
 
 def test_queue_limit_answers_429():
@@ -325,12 +332,19 @@ def test_health_is_503_while_loading_and_access_log(caplog):
         while not server.started:
             time.sleep(0.02)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+
+        def logged() -> bool:  # the line is written once the answer has been sent: wait for it
+            lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+            return any(line.get("path") == "/v1/completions" and line["status"] == 503 for line in lines)
+
         with caplog.at_level(logging.INFO, logger="lmforge.serving"):
             with pytest.raises(openai.InternalServerError) as e:
                 client.completions.create(model="t", prompt="A", max_tokens=2)
-        assert e.value.status_code == 503
-        lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
-        assert any(line.get("path") == "/v1/completions" and line["status"] == 503 for line in lines)
+            for _ in range(200):
+                if logged():
+                    break
+                time.sleep(0.02)
+        assert e.value.status_code == 503 and logged()
     finally:
         release.set()
         server.should_exit = True
@@ -351,6 +365,6 @@ def test_a_request_over_its_time_limit_gets_504():
             client.completions.create(model="t", prompt="A", max_tokens=40, temperature=0)
         assert e.value.status_code == 504
         scheduler = server.server.config.app.state.lmforge["served"].scheduler
-        assert scheduler.load() == (0, 0) and scheduler.cache is None
+        assert idle(scheduler)
     finally:
         server.stop()
