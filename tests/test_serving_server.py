@@ -240,6 +240,30 @@ def test_a_client_dropping_mid_stream_frees_its_rows(served):
     assert server.get("/health")[0] == 200
 
 
+def test_a_client_dropping_before_a_whole_answer_cancels_it(served):
+    """Non-streaming: the server notices the closed connection (it polls every 0.25 s) and cancels. Each
+    step is slowed by 50 ms so that 40 tokens take at least 2 s; the cancelled request has fewer."""
+    server = served[0]
+    scheduler = server.server.config.app.state.lmforge["served"].scheduler
+    submitted, submit, step = [], scheduler.submit, scheduler.step
+    scheduler.submit = lambda request: (submitted.append(request), submit(request))[1]
+    scheduler.step = lambda: (time.sleep(0.05), step())[1]
+    try:
+        body = json.dumps({"model": "tiny", "prompt": "A", "max_tokens": 40, "temperature": 0}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as connection:
+            connection.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.1)
+        assert idle(scheduler)
+    finally:
+        scheduler.submit, scheduler.step = submit, step
+    assert len(submitted) == 1 and 0 < len(submitted[0].generated) < 40
+    assert server.get("/health")[0] == 200
+
+
 def test_concurrent_streaming_clients(served):
     """8 streaming clients x 2 requests through a batch of 4 rows: no errors, greedy texts equal to
     single-request generation, every KV row freed at the end."""

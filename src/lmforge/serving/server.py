@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -368,6 +368,8 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
         finally:
             watcher.cancel()
             job.cancel()
+        if job.client_gone:
+            return Response(status_code=499)  # nginx's "client closed request": only the access log sees it
         if "timeout" in finishes:
             raise APIError(504, f"the request took longer than {config.request_timeout:g} s", type="timeout")
         if "error" in finishes:
@@ -466,6 +468,7 @@ class Job:
         self.tokenizer, self.stop, self.loop = tokenizer, stop, loop
         self.prompt_tokens = prompt_tokens
         self.generations: list[Generation] = []
+        self.client_gone = False  # set when the client disconnected before the answer was ready
         self.queue: asyncio.Queue[tuple[int, int | None, str | None]] = asyncio.Queue()
 
     def emitter(self, index: int):
@@ -606,6 +609,7 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
     while True:
         await asyncio.sleep(0.25)
         if await request.is_disconnected():
+            job.client_gone = True
             job.cancel()
             return
 
