@@ -220,6 +220,23 @@ def test_bad_input_gets_the_right_status_and_shape(served, payload, status):
     assert server.get("/health")[0] == 200  # still up
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"model": "tiny", "messages": "Hi"},
+        {"model": "tiny", "messages": [{"role": "robot", "content": "Hi"}]},
+        {"model": "tiny", "messages": [{"role": "user", "content": 5}]},
+        {"model": "tiny", "messages": [{"role": "user"}]},
+        {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 0},
+        {"model": "tiny", "messages": [{"role": "user", "content": "Hi" * 40}]},
+    ],
+)
+def test_bad_chat_input_is_400(served, payload):
+    server = served[0]
+    code, body = server.post("/v1/chat/completions", payload)
+    assert code == 400 and body["error"]["type"] == "invalid_request_error"
+
+
 def test_auth_health_and_playground(served):
     server = served[0]
     code, body = server.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})

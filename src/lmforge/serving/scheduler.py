@@ -79,6 +79,8 @@ class Scheduler:
     def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_waiting: int = 32):
         if max_batch < 1 or max_waiting < 0:
             raise ConfigError(f"max_batch={max_batch} must be >= 1 and max_waiting={max_waiting} >= 0")
+        if model.training:  # dropout would make every answer random
+            raise ConfigError("the model is in training mode; call model.eval() before serving it")
         self.model = model
         self.block_size: int = model.config.block_size
         self.vocab_size: int = model.config.vocab_size

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -254,9 +254,12 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
         for p in prompts:
             if isinstance(p, str) and not p:
                 raise APIError(400, "prompt is empty; give some text to continue", param="prompt")
-            ids.append(list(p) if not isinstance(p, str) else s.tokenizer.encode(p, allowed_special="all"))
+            if isinstance(p, str):  # encoding a long text takes a while: off the event loop
+                ids.append(await asyncio.to_thread(s.tokenizer.encode, p, allowed_special="all"))
+            else:
+                ids.append(list(p))
         max_tokens = body.max_tokens if body.max_tokens is not None else min(16, config.max_tokens)
-        job = start_job(s, body, ids, max_tokens, default_stop_ids(s.tokenizer), request)
+        job = start_job(s, body, ids, max_tokens, default_stop_ids(s.tokenizer))
         return await respond(job, body, request, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -265,7 +268,8 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
         check_model(body.model)
         messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
         try:
-            prompt = s.chat.prompt(messages, 10**9)  # no silent dropping of turns: too long is a 400
+            # the whole conversation (no silent dropping of turns: too long is a 400), off the event loop
+            prompt = await asyncio.to_thread(s.chat.prompt, messages, 10**9)
         except LmforgeError as e:
             raise APIError(400, str(e), param="messages") from None
         except Exception as e:  # a Jinja template may raise on an unexpected conversation
@@ -273,12 +277,12 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is None:
             max_tokens = max(1, min(config.max_tokens, s.block_size - len(prompt)))
-        job = start_job(s, body, [prompt], max_tokens, s.chat.stop_ids(), request)
+        job = start_job(s, body, [prompt], max_tokens, s.chat.stop_ids())
         return await respond(job, body, request, chat=True)
 
     def start_job(
-        s: Served, body: SamplingFields, prompts: list[list[int]], max_tokens: int, stop_ids, request
-    ):
+        s: Served, body: SamplingFields, prompts: list[list[int]], max_tokens: int, stop_ids: Sequence[int]
+    ) -> Job:
         """Validate against the limits and submit n generations per prompt; -> a Job."""
         if max_tokens > config.max_tokens:
             raise APIError(
