@@ -405,6 +405,8 @@ def test_a_request_over_its_time_limit_gets_504():
         with pytest.raises(openai.APIStatusError) as e:
             client.completions.create(model="t", prompt="A", max_tokens=40, temperature=0)
         assert e.value.status_code == 504
+        with pytest.raises(openai.APIError, match="too long"):  # a stream gets an error event instead
+            list(client.completions.create(model="t", prompt="A", max_tokens=40, temperature=0, stream=True))
         scheduler = server.server.config.app.state.lmforge["served"].scheduler
         assert idle(scheduler)
     finally:

@@ -89,12 +89,14 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
 
-def error_body(status: int, message: str, type: str, param: str | None = None, code: str | None = None):
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object, e.g. {"error": {"message": "...", "type": "invalid_request_error",
+    "param": "max_tokens", "code": null}}."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(error_body(e.status, e.message, e.type, e.param, e.code), status_code=e.status)
+    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
 
 
 # --- request bodies (unknown fields are ignored, as OpenAI's SDKs may send newer ones) ----------------
@@ -427,11 +429,9 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
                     yield chunk(index, None, None, first=True)
             async for index, text, finish in job.events():
                 if finish in ("timeout", "error"):
-                    status = 504 if finish == "timeout" else 500
-                    message = "the request took too long" if finish == "timeout" else "internal server error"
-                    yield _sse(
-                        error_body(status, message, "timeout" if finish == "timeout" else "server_error")
-                    )
+                    timeout = finish == "timeout"
+                    message = "the request took too long" if timeout else "internal server error"
+                    yield _sse(error_body(message, "timeout" if timeout else "server_error"))
                     break
                 finished += finish is not None
                 if text or finish:
