@@ -1,5 +1,6 @@
 """The playground in a real browser: headless Chromium (Debian's package) types a message, sends it, and
-the streamed answer equals the API's greedy answer; the stats panel fills in.
+the streamed answer equals the API's greedy answer; the stats panel fills in; Stop cancels the next
+answer on the server.
 
 Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`: JSON messages
 ending in a NUL byte on file descriptors 3 and 4), so no extra package is needed. Skipped when no
@@ -21,7 +22,7 @@ import torch
 from lmforge.models import GPT, GPTConfig
 from lmforge.serving.server import ServerConfig, create_app
 from lmforge.tokenizers import CharTokenizer
-from test_serving_server import CHARS, TEMPLATE, Server
+from test_serving_server import CHARS, TEMPLATE, Server, idle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -139,6 +140,25 @@ def test_the_playground_streams_a_chat_answer():
             expected.usage.completion_tokens
         )
         assert browser.evaluate("document.querySelectorAll('.message.error').length") == 0
+
+        # Stop: with every decoding step slowed to 100 ms, 25 tokens take >= 2.5 s; Stop aborts the fetch
+        # after two tokens and the server cancels the generation, freeing its row.
+        scheduler = server.server.config.app.state.lmforge["served"].scheduler
+        submitted, submit, step = [], scheduler.submit, scheduler.step
+        scheduler.submit = lambda request: (submitted.append(request), submit(request))[1]
+        scheduler.step = lambda: (time.sleep(0.1), step())[1]
+        browser.evaluate(
+            "document.getElementById('max_tokens').value = '25';"
+            "document.getElementById('input').value = 'Again';"
+            "document.getElementById('composer').requestSubmit();"
+        )
+        deadline = time.monotonic() + 30
+        while not (submitted and len(submitted[0].generated) >= 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        browser.evaluate("document.getElementById('stop').click()")
+        assert browser.wait_for("document.getElementById('send').disabled === false")
+        assert idle(scheduler)
+        assert len(submitted) == 1 and len(submitted[0].generated) < 25
     finally:
         browser.close()
         server.stop()
