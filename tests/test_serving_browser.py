@@ -38,8 +38,9 @@ class Browser:
         self._from_browser, from_browser_write = os.pipe()
 
         def wire_pipes():  # the child reads commands on fd 3 and writes answers on fd 4
-            os.dup2(to_browser_read, 3)
-            os.dup2(from_browser_write, 4)
+            read, write = os.dup(to_browser_read), os.dup(from_browser_write)  # numbers above 3 and 4
+            os.dup2(read, 3)  # dup2 makes them inheritable
+            os.dup2(write, 4)
 
         self.process = subprocess.Popen(
             [
