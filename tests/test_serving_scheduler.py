@@ -137,3 +137,24 @@ def test_the_background_thread_serves_requests():
         assert events == single(model, [3, 4], max_tokens=6)
     finally:
         scheduler.stop()
+
+
+def test_requests_that_fill_the_whole_context_never_overflow_the_shared_cache():
+    """Prompt + max_tokens == block_size for every request, lengths mixed so that a long row and a short
+    row with many tokens to go share the batch (the case where right-aligning could overflow)."""
+    model = tiny_gpt(block_size=24)
+    generator = torch.Generator().manual_seed(2)
+    lengths = [20, 2, 15, 1, 23, 8, 12, 3]
+    specs = [(torch.randint(0, 97, (n,), generator=generator).tolist(), 24 - n) for n in lengths]
+    expected = [single(model, p, max_tokens=n) for p, n in specs]
+    scheduler = Scheduler(model, max_batch=3, max_waiting=8)
+    collected = []
+    for prompt, new in specs:
+        request, events = collecting_request(prompt, max_tokens=new)
+        scheduler.submit(request)
+        collected.append(events)
+        scheduler.step()
+    while scheduler.running or scheduler.waiting:
+        assert scheduler.cache.length <= 24
+        scheduler.step()
+    assert [tokens(e) for e in collected] == expected
