@@ -167,6 +167,14 @@ def test_streaming_matches_the_whole_answer(served):
         model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=10, temperature=0
     )
     assert text == whole.choices[0].message.content
+    two = client.completions.create(
+        model="tiny", prompt="KING:", max_tokens=20, temperature=0, n=2, stream=True
+    )
+    texts = ["", ""]
+    for chunk in two:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [expected, expected]
 
 
 def test_stop_strings_cut_the_text(served):
@@ -411,3 +419,14 @@ def test_a_request_over_its_time_limit_gets_504():
         assert idle(scheduler)
     finally:
         server.stop()
+
+
+def test_cli_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
+    from lmforge.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "missing")]) == 2
+    assert main(["serve", "--ckpt", str(tmp_path), "--port", "70000"]) == 2
+    assert main(["serve", "--ckpt", str(tmp_path), "--max-batch", "0"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("lmforge serve: error:") for line in errors)
+    assert "missing" in errors[0] and "port" in errors[1] and "max_batch" in errors[2]

@@ -59,6 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
+    from lmforge.models.gpt import checkpoint_meta
     from lmforge.serving.server import ServerConfig, create_app
 
     if not 0 <= args.port < 65536:
@@ -78,6 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
     )
     ckpt = resolve_checkpoint(args.ckpt, args.model)  # converts a built-in model once, before serving
+    checkpoint_meta(ckpt)  # a missing or broken checkpoint is a one-line error now, not a 503 later
 
     def load():
         model, tokenizer, meta = load_checkpoint(ckpt)
