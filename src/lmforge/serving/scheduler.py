@@ -1,0 +1,281 @@
+"""Continuous batching: one running batch of generations that requests join and leave between steps.
+
+A `Request` is token ids in, token ids out, delivered one by one through its `emit(token, finish)`
+callback. `Scheduler.step()` does one round:
+1. rows whose request was cancelled (client gone, stop string seen by the text layer) or whose time
+   ran out leave the batch;
+2. waiting requests join while the batch has room: each is prefilled ALONE (its own one-row KV cache,
+   so a long prompt never pads the others) and its first token is sampled;
+3. one batched decoding step: the last token of every running row goes through the model at once
+   (B, 1) over the shared KV cache, and each row samples its own next token with its own parameters
+   and random generator (`sampling.sample_next` on that row's logits).
+A row finishes at a stop id ("stop") or after `max_tokens` ("length") and leaves at once.
+
+The shared cache. When the membership changes the cache is rebuilt (`regroup`): every row's real
+slots are copied right-aligned to a common length L = the longest row's, and the shorter rows get
+left padding. The model's KV cache gives slot s of row b the position s - left_padding[b] and hides
+pad slots, so a row computes the same logits as it would alone: greedy output in a busy batch equals
+single-request generation with `Engine`. Rebuilding copies the cache (B x L slots per layer), which
+costs far less than a forward pass and happens only when a request joins or leaves. Because L is
+always the longest live row's length, it never exceeds the model's context.
+
+Runs in one background thread (`start`/`stop`); `step` is public so tests can drive it by hand.
+Deliberately not here: text (detokenizing, stop strings), HTTP, limits on the prompt length (the
+server checks them; `submit` only checks that the request fits the context).
+Reference: Yu et al. 2022, Orca (iteration-level scheduling); vLLM's scheduler (waiting/running queues).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lmforge.errors import ConfigError
+from lmforge.inference.sampling import SamplingParams, sample_next
+from lmforge.models.layers import KVCache
+
+log = logging.getLogger("lmforge.serving")
+
+# emit(token id or None, finish reason or None): a token as it is produced; the last call carries the
+# finish reason: "stop" | "length" | "cancelled" | "timeout" | "error" (token None for the last three).
+Emit = Callable[[int | None, str | None], None]
+
+
+class QueueFull(Exception):
+    """The scheduler already holds as many requests as it may (the server answers 429)."""
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]  # token ids, at least one
+    params: SamplingParams
+    max_tokens: int  # new tokens at most
+    emit: Emit
+    stop_ids: frozenset[int] = frozenset()
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token generated so far
+    deadline: float | None = None  # time.monotonic() after which the generation ends with "timeout"
+    # state kept by the scheduler
+    generated: list[int] = field(default_factory=list)
+    cached: int = 0  # this row's real slots in the KV cache
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # (1, V) bool: tokens in the sequence (repetition penalty)
+    counts: torch.Tensor | None = None  # (1, V) float: times each token was generated (frequency/presence)
+
+    def cancel(self) -> None:
+        """Ask the scheduler to drop this request at its next step (safe from any thread)."""
+        self.cancelled.set()
+
+
+class Scheduler:
+    """Runs requests on `model` (a GPT: forward with kv_cache, new_kv_cache) with continuous batching."""
+
+    def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_waiting: int = 32):
+        if max_batch < 1 or max_waiting < 0:
+            raise ConfigError(f"max_batch={max_batch} must be >= 1 and max_waiting={max_waiting} >= 0")
+        if model.training:  # dropout would make every answer random
+            raise ConfigError("the model is in training mode; call model.eval() before serving it")
+        self.model = model
+        self.block_size: int = model.config.block_size
+        self.vocab_size: int = model.config.vocab_size
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.device = next(model.parameters()).device
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []  # row b of `cache` is running[b]
+        self.cache: KVCache | None = None
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- the caller's side (any thread) -------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; QueueFull when max_batch + max_waiting requests are already held."""
+        if not request.prompt or min(request.prompt) < 0 or max(request.prompt) >= self.vocab_size:
+            raise ConfigError(f"the prompt must be non-empty token ids in [0, {self.vocab_size})")
+        if request.max_tokens < 1 or len(request.prompt) + request.max_tokens > self.block_size:
+            raise ConfigError(
+                f"prompt ({len(request.prompt)} tokens) + max_tokens ({request.max_tokens}) must fit the "
+                f"context of {self.block_size}"
+            )
+        with self._wake:
+            if len(self.waiting) + len(self.running) >= self.max_batch + self.max_waiting:
+                raise QueueFull
+            self.waiting.append(request)
+            self._wake.notify()
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) request counts."""
+        with self._wake:
+            return len(self.running), len(self.waiting)
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="lmforge-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Cancel everything and end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for request in [*self.running, *self.waiting]:
+            _finish(request, None, "cancelled")
+        self.running, self.cache = [], None
+        self.waiting.clear()
+
+    # --- the scheduler's thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.running and not self.waiting:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug must not kill the server: fail the requests it touched, go on
+                log.exception("scheduler step failed; the running requests end with an error")
+                with self._wake:
+                    for request in self.running:
+                        _finish(request, None, "error")
+                    self.running, self.cache = [], None
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One round: drop cancelled rows, admit waiting requests, decode every running row once."""
+        now = time.monotonic()
+        keep = []
+        for request in self.running:
+            if request.cancelled.is_set():
+                _finish(request, None, "cancelled")
+            elif request.deadline is not None and now > request.deadline:
+                _finish(request, None, "timeout")
+            else:
+                keep.append(request)
+        joined: list[tuple[Request, KVCache]] = []
+        while len(keep) + len(joined) < self.max_batch:
+            with self._wake:
+                if not self.waiting:
+                    break
+                request = self.waiting.popleft()
+            if request.cancelled.is_set():
+                _finish(request, None, "cancelled")
+                continue
+            cache = self._prefill(request)
+            if cache is not None:
+                joined.append((request, cache))
+        if len(keep) != len(self.running) or joined:
+            self._regroup(keep, joined)
+        if self.running:
+            self._decode()
+
+    def _prefill(self, request: Request) -> KVCache | None:
+        """Run the prompt through a fresh one-row cache and sample the first token; the cache, or None
+        when the request already finished."""
+        request.generator = request.params.make_generator(self.device)
+        if request.params.repetition_penalty != 1.0:
+            request.seen = torch.zeros(1, self.vocab_size, dtype=torch.bool, device=self.device)
+            request.seen[0, request.prompt] = True
+        if request.params.frequency_penalty != 0.0 or request.presence_penalty != 0.0:
+            request.counts = torch.zeros(1, self.vocab_size, device=self.device)
+        cache = self.model.new_kv_cache(1, max_length=len(request.prompt))
+        idx = torch.tensor([request.prompt], device=self.device)  # (1, P)
+        logits, _ = self.model(idx, kv_cache=cache, last_only=True)  # (1, 1, V)
+        request.cached = len(request.prompt)
+        return cache if self._sample(request, logits[:, -1]) else None
+
+    def _decode(self) -> None:
+        """One batched step over the running rows; finished rows leave."""
+        assert self.cache is not None
+        ids = torch.tensor([[r.generated[-1]] for r in self.running], device=self.device)  # (B, 1)
+        logits, _ = self.model(ids, kv_cache=self.cache)  # (B, 1, V)
+        still = []
+        for b, request in enumerate(self.running):
+            request.cached += 1
+            if self._sample(request, logits[b : b + 1, -1]):
+                still.append(b)
+        if len(still) != len(self.running):
+            self._regroup([self.running[b] for b in still], [])
+
+    def _sample(self, request: Request, logits: torch.Tensor) -> bool:
+        """Choose and emit the next token of one row from its logits (1, V); False when it finished."""
+        if request.presence_penalty != 0.0 and request.counts is not None:
+            logits = logits.float() - request.presence_penalty * (request.counts > 0)
+        token = int(
+            sample_next(
+                logits, request.params, generator=request.generator, seen=request.seen, counts=request.counts
+            )[0]
+        )
+        request.generated.append(token)
+        if request.seen is not None:
+            request.seen[0, token] = True
+        if request.counts is not None:
+            request.counts[0, token] += 1
+        if token in request.stop_ids:
+            _finish(request, token, "stop")
+            return False
+        if len(request.generated) >= request.max_tokens:
+            _finish(request, token, "length")
+            return False
+        _emit(request, token, None)
+        return True
+
+    def _regroup(self, keep: list[Request], joined: list[tuple[Request, KVCache]]) -> None:
+        """Make `keep` + the joined requests the running batch, with one cache holding all their rows."""
+        kept = set(keep)
+        sources = [(r, self.cache, b) for b, r in enumerate(self.running) if r in kept]
+        sources += [(r, cache, 0) for r, cache in joined]
+        with self._wake:
+            self.running = [r for r, _, _ in sources]
+        if not sources:
+            self.cache = None  # every KV row freed
+            return
+        rows = [(cache, b, r.cached) for r, cache, b in sources]
+        # tokens each row may still feed: one per token it may still generate after the last one
+        remaining = [r.max_tokens - len(r.generated) for r, _, _ in sources]
+        self.cache = regroup(self.model, rows, remaining=remaining)
+
+
+def regroup(
+    model: torch.nn.Module, rows: Sequence[tuple[KVCache, int, int]], *, remaining: Sequence[int]
+) -> KVCache:
+    """A new cache holding the given rows, right-aligned: rows[i] = (source cache, row in it, real slots).
+
+    The real slots of a row are the last `real` filled slots of its source. They are copied to slots
+    [L - real, L) of row i, L = the longest real length, and row i gets left padding L - real. The new
+    cache has room for `remaining[i]` more tokens in every row (at most the model's context).
+    Example: rows of 3 and 5 real slots -> L = 5, left padding [2, 0].
+    """
+    L = max(real for _, _, real in rows)
+    capacity = min(model.config.block_size, L + max(remaining))
+    pads = [L - real for _, _, real in rows]
+    cache = model.new_kv_cache(len(rows), max_length=capacity, left_padding=pads)
+    for i, (source, b, real) in enumerate(rows):
+        end = source.length
+        cache.k[:, i, :, L - real : L] = source.k[:, b, :, end - real : end]  # (n_layer, nkv, real, hd)
+        cache.v[:, i, :, L - real : L] = source.v[:, b, :, end - real : end]
+    cache.length = L
+    return cache
+
+
+def _emit(request: Request, token: int | None, finish: str | None) -> None:
+    try:
+        request.emit(token, finish)
+    except Exception:  # the receiver is gone (its event loop closed): stop generating for it
+        log.debug("emit failed; cancelling the request", exc_info=True)
+        request.cancel()
+
+
+def _finish(request: Request, token: int | None, reason: str) -> None:
+    request.cancelled.set()  # a finished request is never scheduled again
+    _emit(request, token, reason)
