@@ -44,7 +44,9 @@ def test_attention_patterns_and_plots(tmp_path):
         plot_attention(patterns, ["a", "b", "c"], tmp_path)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(norm_placement="post"), dict(tie_embeddings=False, norm="rmsnorm")])
+@pytest.mark.parametrize(
+    "overrides", [{}, dict(norm_placement="post"), dict(tie_embeddings=False, norm="rmsnorm")]
+)
 def test_logit_lens_last_row_is_the_model(overrides):
     model = tiny(**overrides)
     ids = torch.tensor([[1, 5, 2, 7, 3]])

@@ -1,5 +1,5 @@
-"""Hooks: capturing changes nothing, patching with clean values is the clean run, with corrupt ones the corrupt
-run, hooks are gone afterwards even after an error, and the explicit attention path equals SDPA."""
+"""Hooks: capturing changes nothing, patching with clean values is the clean run, with corrupt ones the
+corrupt run, hooks are gone afterwards even after an error, and the explicit attention path equals SDPA."""
 
 from __future__ import annotations
 
@@ -94,7 +94,10 @@ def test_a_patched_pattern_feeds_the_computation():
         prefix_mean = v.cumsum(2) / torch.arange(1, T + 1)[:, None]  # (B, nh, T, hd)
         expected = block.attn.c_proj(prefix_mean.transpose(1, 2).reshape(2, T, 16))
     out = {}
-    hooks = {"blocks.0.attn.pattern": lambda a: uniform, "blocks.0.attn_out": lambda a: out.setdefault("x", a)}
+    hooks = {
+        "blocks.0.attn.pattern": lambda a: uniform,
+        "blocks.0.attn_out": lambda a: out.setdefault("x", a),
+    }
     with torch.no_grad(), hooked(model, hooks):
         model(IDS)
     torch.testing.assert_close(out["x"], expected)

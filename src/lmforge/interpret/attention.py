@@ -61,7 +61,9 @@ def head_summary(patterns: torch.Tensor) -> list[HeadSummary]:
     first = rows[..., 0].mean(-1)
     L, H = entropy.shape
     return [
-        HeadSummary(layer, head, float(entropy[layer, head]), float(previous[layer, head]), float(first[layer, head]))
+        HeadSummary(
+            layer, head, float(entropy[layer, head]), float(previous[layer, head]), float(first[layer, head])
+        )
         for layer in range(L)
         for head in range(H)
     ]

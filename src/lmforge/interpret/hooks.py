@@ -77,8 +77,13 @@ def _install(model: GPT, name: str, fn: Callable[[torch.Tensor], torch.Tensor | 
         return block.register_forward_pre_hook(on_first_input, with_kwargs=True)
     if kind == "mlp.hidden":  # the input of the down projection is the post-nonlinearity hidden layer
         return block.mlp.c_proj.register_forward_pre_hook(on_first_input, with_kwargs=True)
-    module = {"attn.pattern": block.attn.pattern, "attn_out": block.attn, "mlp_out": block.mlp}.get(kind, block)
-    return module.register_forward_hook(on_output)
+    if kind == "attn.pattern":
+        return block.attn.pattern.register_forward_hook(on_output)
+    if kind == "attn_out":
+        return block.attn.register_forward_hook(on_output)
+    if kind == "mlp_out":
+        return block.mlp.register_forward_hook(on_output)
+    return block.register_forward_hook(on_output)  # resid_post
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The logit lens: read the residual stream after every layer as if it were the last one.
 
-    lens = logit_lens(model, ids)           # (n_layer + 1, B, T, V): row 0 = embeddings, row i = after block i
+    lens = logit_lens(model, ids)           # (n_layer + 1, B, T, V); row 0 = embeddings, i = after block i
     top_tokens(lens[:, 0, -1], k=5)         # the 5 likeliest tokens at each depth
     target_ranks(lens[:, 0, -1], target)    # rank of one token at each depth (0 = top)
 

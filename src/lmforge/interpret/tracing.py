@@ -49,11 +49,19 @@ def logit_difference(logits: torch.Tensor, answer: int, wrong: int) -> float:
 
 
 def trace(
-    model: GPT, clean: torch.Tensor, corrupt: torch.Tensor, *, answer: int, wrong: int, kind: str = "resid_pre"
+    model: GPT,
+    clean: torch.Tensor,
+    corrupt: torch.Tensor,
+    *,
+    answer: int,
+    wrong: int,
+    kind: str = "resid_pre",
 ) -> Trace:
     """clean and corrupt ids, each (T,) -> the effect of restoring each (layer, position) of `kind`."""
     if kind not in KINDS or (kind == "mlp_out" and model.config.attn_only):
-        raise ConfigError(f"unknown activation kind {kind!r} for causal tracing; choose one of {', '.join(KINDS)}")
+        raise ConfigError(
+            f"unknown activation kind {kind!r} for causal tracing; choose one of {', '.join(KINDS)}"
+        )
     clean, corrupt = clean.reshape(1, -1), corrupt.reshape(1, -1)
     if clean.shape != corrupt.shape:
         raise ConfigError(
@@ -71,12 +79,16 @@ def trace(
     for layer, point in enumerate(points):
         for position in range(T):
 
-            def restore(activation: torch.Tensor, point: str = point, position: int = position) -> torch.Tensor:
+            def restore(
+                activation: torch.Tensor, point: str = point, position: int = position
+            ) -> torch.Tensor:
                 new = activation.clone()
                 new[:, position] = clean_acts[point][:, position]
                 return new
 
-            patched[layer, position] = logit_difference(patch(model, corrupt, {point: restore}), answer, wrong)
+            patched[layer, position] = logit_difference(
+                patch(model, corrupt, {point: restore}), answer, wrong
+            )
     restored = (patched - corrupt_diff) / (clean_diff - corrupt_diff)
     return Trace(clean_diff, corrupt_diff, patched, restored)
 
