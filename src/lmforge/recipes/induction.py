@@ -39,12 +39,13 @@ class InductionConfig:
     """[induction] of configs/induction.toml."""
 
     layers: list[int] = field(default_factory=lambda: [1, 2])  # one model per entry, with this many layers
-    vocab_size: int = 64  # random tokens 0 .. vocab_size - 1
-    seq_len: int = 64  # training context length
+    vocab_size: int = 32  # random tokens 0 .. vocab_size - 1
+    seq_len: int = 32  # training context length
     min_span: int = 4  # shortest copied span
     n_head: int = 4  # heads per layer
     n_embd: int = 64  # residual stream width
-    test_half: int = 24  # N of the repeated-random test (2N tokens, at most seq_len)
+    pos_encoding: str = "rope"  # "rope" | "learned" | "sinusoidal" (GPTConfig.pos_encoding)
+    test_half: int = 14  # N of the repeated-random test (2N tokens, at most seq_len)
     test_rows: int = 64  # sequences in the test
 
     def __post_init__(self) -> None:
@@ -152,6 +153,7 @@ def run_recipe(
             n_layer=n_layer,
             n_head=task.n_head,
             n_embd=task.n_embd,
+            pos_encoding=task.pos_encoding,
             attn_only=True,
         )
         model = GPT(model_config)
