@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vision",
     "models",
     "serve",
+    "interpret",
 )
 
 

@@ -1,6 +1,6 @@
-"""`lmforge recipe arithmetic`: run a complete experiment (problems, tokenizer, training, exact-match test).
+"""`lmforge recipe arithmetic|induction`: run a complete experiment (data, training, a test of the result).
 
-Parsing and printing only; the recipe lives in `lmforge.recipes.arithmetic`.
+Parsing and printing only; the recipes live in `lmforge.recipes.arithmetic` and `.induction`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     a.set_defaults(func=run_arithmetic)
 
+    i = recipes.add_parser(
+        "induction",
+        help="train a 1-layer and a 2-layer attention-only GPT; only the second forms induction heads",
+        description="Train attention-only GPTs with 1 and 2 layers (induction.layers) on the same random\n"
+        "rows with copied spans, then test each on repeated random tokens: the best per-head induction\n"
+        "score and the loss on the first copy against the repeat. Writes each run into\n"
+        "OUT/layers{n}/, plus OUT/results.json and OUT/plots/induction.png.",
+        epilog="example:\n  lmforge recipe induction --out runs/induction",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    i.add_argument(
+        "--config",
+        default="configs/induction.toml",
+        metavar="FILE",
+        help="recipe config (default: configs/induction.toml)",
+    )
+    i.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, parsed as TOML (repeatable): --set train.max_iters=500",
+    )
+    i.add_argument("--out", default=None, metavar="DIR", help="output directory (default: train.out_dir)")
+    i.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the output directories already hold runs: replace those runs' files",
+    )
+    i.set_defaults(func=run_induction)
+
 
 def run_arithmetic(args: argparse.Namespace) -> int:
     import json
@@ -63,4 +95,16 @@ def run_arithmetic(args: argparse.Namespace) -> int:
     # a JSON string is a TOML basic string, so any path survives the override parser
     overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
     run_recipe(load_config(args.config, overrides=overrides, sections=RecipeConfig), overwrite=args.overwrite)
+    return 0
+
+
+def run_induction(args: argparse.Namespace) -> int:
+    import json
+
+    from lmforge.recipes.induction import RecipeConfig, results_table, run_recipe
+    from lmforge.training.config import load_config
+
+    overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
+    config = load_config(args.config, overrides=overrides, sections=RecipeConfig)
+    print(results_table(run_recipe(config, overwrite=args.overwrite)))
     return 0

@@ -146,6 +146,7 @@ def to_hf_gpt2(model: GPT, directory: str | Path, *, eot_id: int | None = None) 
         "mlp": (c.mlp, "gelu"),
         "n_kv_head": (c.n_kv_head, c.n_head),
         "bias": (c.bias, True),
+        "attn_only": (c.attn_only, False),
     }
     bad = [
         f"{key}={value!r} (GPT-2 needs {need!r})"
@@ -193,6 +194,7 @@ LLAMA_BLOCK = {
     "norm_placement": "pre",
     "mlp": "swiglu",
     "bias": False,
+    "attn_only": False,
 }
 
 

@@ -78,6 +78,7 @@ class GPTConfig:
     mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) | "swiglu" | "relu2" (squared ReLU)
     tie_embeddings: bool = True  # LM head shares the token-embedding matrix (GPT-2: yes)
     init_std: float = 0.02  # std of the normal init; residual output projections get init_std/sqrt(2*n_layer)
+    attn_only: bool = False  # blocks without MLPs (the attention-only models of interpretability studies)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -111,13 +112,19 @@ class GPTConfig:
             check(is_number(getattr(self, name)), f"GPTConfig.{name}", getattr(self, name), "use a number")
         for name in ("rope_theta", "norm_eps", "init_std"):
             check(getattr(self, name) > 0, f"GPTConfig.{name}", getattr(self, name), "use a positive number")
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "attn_only"):
             check(
                 isinstance(getattr(self, name), bool),
                 f"GPTConfig.{name}",
                 getattr(self, name),
                 "use true or false",
             )
+        check(
+            not self.attn_only or self.norm_placement == "pre",
+            "GPTConfig.attn_only",
+            self.attn_only,
+            'attention-only blocks need norm_placement = "pre"',
+        )
         check(0.0 <= self.dropout < 1.0, "GPTConfig.dropout", self.dropout, "use a number in [0, 1)")
         choices = {
             "pos_encoding": ("learned", "sinusoidal", "rope"),
@@ -195,6 +202,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.pre_norm = config.norm_placement == "pre"
+        self.attn_only = config.attn_only
         norm = dict(bias=config.bias, eps=config.norm_eps)
         self.ln_1 = make_norm(config.norm, config.n_embd, **norm)
         self.attn = CausalSelfAttention(
@@ -205,6 +213,8 @@ class Block(nn.Module):
             dropout=config.dropout,
             layer=layer,
         )
+        if config.attn_only:  # no ln_2 and no mlp: the block is x + attn(ln_1(x))
+            return
         self.ln_2 = make_norm(config.norm, config.n_embd, **norm)
         self.mlp = MLP(
             n_embd=config.n_embd,
@@ -217,7 +227,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, **attention_inputs: Any) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.attn(self.ln_1(x), **attention_inputs)
-            return x + self.mlp(self.ln_2(x))
+            return x if self.attn_only else x + self.mlp(self.ln_2(x))
         x = self.ln_1(x + self.attn(x, **attention_inputs))
         return self.ln_2(x + self.mlp(x))
 

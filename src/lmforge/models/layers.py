@@ -185,6 +185,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+        # Interpretability opt-in: SDPA never materialises the attention weights, so no hook can see them.
+        # With `explicit_pattern = True` the weights are computed by hand and passed through `pattern`
+        # (an identity, no parameters), where forward hooks can read or replace them (lmforge.interpret).
+        # The default path below is SDPA, untouched.
+        self.explicit_pattern = False
+        self.pattern = nn.Identity()
 
     def forward(
         self,
@@ -204,17 +210,38 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, S, hd) with S = filled + T
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None and T > 1 and k.size(2) == T,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )  # (B, nh, T, hd)
+        is_causal = self.causal and mask is None and T > 1 and k.size(2) == T
+        if self.explicit_pattern:
+            y = self._attend_explicitly(q, k, v, mask=mask, is_causal=is_causal)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=is_causal,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_explicitly(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        """What SDPA computes, with the weights (B, nh, T, S) passed through `self.pattern`."""
+        T, S = q.size(2), k.size(2)
+        if self.n_kv_head != self.n_head:  # each key/value head serves n_head / n_kv_head query heads
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hd)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, S)
+        if is_causal:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = self.pattern(scores.softmax(dim=-1))  # (B, nh, T, S), rows sum to 1
+        weights = F.dropout(weights, p=self.dropout, training=self.training)
+        return weights @ v  # (B, nh, T, hd)
 
 
 # ---------------------------------------------------------------------------------------------------

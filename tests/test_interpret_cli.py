@@ -1,0 +1,170 @@
+"""`lmforge interpret ...` on a tiny checkpoint, the induction test and recipe wiring, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.cli import main
+from lmforge.errors import ConfigError
+from lmforge.interpret.induction import induction_report, repeated_random_tokens
+from lmforge.models import GPT, GPTConfig
+from lmforge.recipes.induction import InductionConfig, RecipeConfig, SpanCopyBatches, run_recipe
+from lmforge.tokenizers import CharTokenizer
+from lmforge.training.config import OptimSection, TrainSection
+
+CHARS = "\n abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tokenizer = CharTokenizer(CHARS, special_tokens=("<|endoftext|>",))
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=16, block_size=32)
+    directory = tmp_path_factory.mktemp("ckpt")
+    GPT(config).save_checkpoint(directory, meta={"tokenizer": tokenizer.to_dict()})
+    return directory
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "interpret",
+        "attention",
+        "--ckpt",
+        str(checkpoint),
+        "--text",
+        "abcab",
+        "--out",
+        str(tmp_path / "maps"),
+    )
+    assert code == 0 and out.splitlines()[0].split() == ["layer", "head", "entropy", "prev-tok", "first-tok"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["layer0.png", "layer1.png"]
+    code, out, _ = run(
+        capsys,
+        "interpret",
+        "lens",
+        "--ckpt",
+        str(checkpoint),
+        "--text",
+        "abc",
+        "--target",
+        "d",
+        "--k",
+        "2",
+        "--out",
+        str(tmp_path / "lens.png"),
+    )
+    assert code == 0 and "rank" in out and (tmp_path / "lens.png").exists()
+    assert (
+        len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 3
+    )  # embeddings + 2 layers
+    code, out, _ = run(
+        capsys,
+        "interpret",
+        "trace",
+        "--ckpt",
+        str(checkpoint),
+        "--clean",
+        "the cat",
+        "--corrupt",
+        "the dog",
+        "--answer",
+        "s",
+        "--wrong",
+        "x",
+        "--out",
+        str(tmp_path / "t.png"),
+    )
+    assert code == 0 and "clean" in out and (tmp_path / "t.png").exists()
+    code, out, _ = run(
+        capsys, "interpret", "induction", "--ckpt", str(checkpoint), "--half", "8", "--rows", "4"
+    )
+    assert code == 0 and "layer  1:" in out and "drop" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["trace", "--clean", "the cat", "--corrupt", "a dog", "--answer", "s", "--wrong", "x"],
+            "same number",
+        ),
+        (["lens", "--text", "abc", "--target", "ab"], "exactly one token"),
+        (["induction", "--half", "40"], "--half must be between 2 and 16"),
+        (["attention", "--text", "a" * 40], "more than the model's context"),
+    ],
+)
+def test_cli_errors_are_one_line(checkpoint, capsys, argv, message):
+    code, _, err = run(capsys, "interpret", argv[0], "--ckpt", str(checkpoint), *argv[1:])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_induction_report_on_a_hand_made_induction_model():
+    """A model whose only attention layer looks exactly at t - N + 1 on the second copy scores 1 there;
+    the score reads `pattern[b, h, t, t - N + 1]` for t = N .. 2N-1, nothing else."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=10, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
+    ids = repeated_random_tokens(10, 4, batch_size=2, seed=0)
+    assert torch.equal(ids[:, :4], ids[:, 4:])
+    T = 8
+    pattern = torch.eye(T)
+    for t in range(4, T):
+        pattern[t] = 0
+        pattern[t, t - 3] = 1  # t - N + 1 with N = 4
+    from lmforge.interpret.hooks import hooked
+
+    with hooked(model, {"blocks.0.attn.pattern": lambda a: pattern.expand_as(a)}):
+        report = induction_report(model, ids)
+    assert report.scores.shape == (1, 1) and float(report.scores) == 1.0
+    with pytest.raises(ConfigError, match="repeated"):
+        induction_report(model, torch.arange(8)[None])
+
+
+def test_span_copy_batches_copy_one_span_and_are_pure_functions_of_the_step():
+    task = InductionConfig(vocab_size=1000, seq_len=32, min_span=4)
+    batches = SpanCopyBatches(task, batch_size=8, seed=3)
+    x, y = batches.next_batch()
+    assert x.shape == y.shape == (8, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    row = torch.cat([x[:, :1], y], dim=1)  # (8, 33)
+    for r in row.numpy():  # with 1000 ids, a repeated 4-gram is (almost surely) the copy
+        grams = [tuple(r[i : i + 4]) for i in range(len(r) - 3)]
+        assert len(grams) - len(set(grams)) >= 1
+    again = SpanCopyBatches(task, batch_size=8, seed=3)
+    again.load_state_dict({"seed": 3, "batches_drawn": 0})
+    assert torch.equal(again.next_batch()[0], x)
+    with pytest.raises(ConfigError, match="induction.test_half"):
+        InductionConfig(seq_len=16, test_half=10)
+
+
+def test_recipe_runs_and_writes_results(tmp_path):
+    config = RecipeConfig(
+        induction=InductionConfig(
+            layers=[1, 2], vocab_size=16, seq_len=16, test_half=6, test_rows=4, n_embd=16
+        ),
+        optim=OptimSection(warmup_iters=1),
+        train=TrainSection(
+            out_dir=str(tmp_path),
+            max_iters=3,
+            batch_size=4,
+            eval_interval=0,
+            checkpoint=False,
+            progress=False,
+            tensorboard=False,
+            precision="fp32",
+        ),
+    )
+    results = run_recipe(config, log=lambda _: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert np.array(saved["models"]["2"]["scores"]).shape == (2, 4)
+    assert (tmp_path / "plots" / "induction.png").exists()
