@@ -5,7 +5,8 @@ pairs, and the share of positive continuations on held-out prompts is measured b
 Prompts are the first three words of review snippets: training prompts from the classifier's training
 split, held-out prompts from its held-out split (split_seed 0). Sampling: temperature 1, 24 new tokens.
 
-Run: python bench/dpo_sentiment_demo.py LM_CKPT CLASSIFIER_DIR OUT_DIR [--prompts N] [--steps S]
+Run: python bench/dpo_sentiment_demo.py LM_CKPT CLASSIFIER_DIR OUT_DIR
+         [--prompts N] [--test-prompts M] [--steps S]
 """
 
 import argparse
@@ -50,14 +51,15 @@ def main() -> None:
     parser.add_argument("lm")
     parser.add_argument("classifier")
     parser.add_argument("out")
-    parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--prompts", type=int, default=120)
+    parser.add_argument("--test-prompts", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_examples(read_rotten_tomatoes(), test_fraction=0.1, seed=0)
     train_prompts = [" ".join(e.text.split()[:3]) for e in train[: args.prompts]]
-    test_prompts = [" ".join(e.text.split()[:3]) for e in test[:100]]
+    test_prompts = [" ".join(e.text.split()[:3]) for e in test[: args.test_prompts]]
     model, tokenizer, _ = load_checkpoint(args.lm)
     classifier, _, info = load_classifier(args.classifier)
 

@@ -174,3 +174,20 @@ def test_shipped_configs_load(task):
     path = Path(__file__).resolve().parents[1] / "configs" / f"finetune-{task}.toml"
     config = load_config(path, sections=FinetuneConfig)
     assert config.train.out_dir == f"runs/finetune-{task}"
+
+
+def test_plain_gpt_folds_lora_into_a_plain_model():
+    """The merged plain GPT computes what the adapted model computes, and has no LoRA tensors."""
+    from lmforge.models.lora import apply_lora, lora_modules
+    from lmforge.training.finetune import plain_gpt
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=40, block_size=16, n_layer=1))
+    apply_lora(model, rank=2, alpha=4, targets=["attn", "mlp"])
+    for m in lora_modules(model).values():
+        torch.nn.init.normal_(m.lora_B, std=0.1)
+    idx = torch.randint(0, 40, (2, 8))
+    adapted = model(idx)[0]
+    plain = plain_gpt(model)
+    assert not lora_modules(plain) and not any("lora" in k for k in plain.state_dict())
+    torch.testing.assert_close(plain(idx)[0], adapted, atol=1e-5, rtol=1e-5)

@@ -132,7 +132,7 @@ def plain_gpt(model: GPT) -> GPT:
     merge_lora(model)
     weights = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
     plain = GPT(model.config)
-    plain.load_state_dict(weights, strict=False)  # a tied lm_head is the embedding itself
+    plain.load_state_dict(weights)
     return plain
 
 
