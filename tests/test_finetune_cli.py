@@ -91,8 +91,13 @@ def test_sft_result_chats(ckpt, tmp_path, capsys, monkeypatch):
     assert code == 0, err
 
 
-def test_dpo_first_loss_is_ln2(ckpt, tmp_path, capsys):
-    """Policy == reference at step 0, so every log-ratio is 0 and the loss is -log sigmoid(0) = ln 2."""
+def test_dpo_first_loss_is_ln2(tmp_path, capsys):
+    """Policy == reference at step 0, so every log-ratio is 0 and the loss is -log sigmoid(0) = ln 2. The
+    model has dropout 0.3: the run must switch it off, or the train-mode policy would differ."""
+    tokenizer = CharTokenizer(CHARS)
+    config = GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, dropout=0.3)
+    ckpt = tmp_path / "ckpt"
+    GPT(config).save_checkpoint(ckpt, meta={"tokenizer": tokenizer.to_dict()})
     pairs = [
         {"prompt": "film was ", "chosen": c, "rejected": r} for c, r in [("good", "bad"), ("fun", "dull")] * 4
     ]
@@ -100,7 +105,7 @@ def test_dpo_first_loss_is_ln2(ckpt, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = _run(
         capsys, "finetune", "dpo", "--ckpt", ckpt, "--out", run, *QUICK, "--set", f'finetune.data="{data}"',
-        "--set", "train.log_interval=1", "--lora", 2,
+        "--set", "train.log_interval=1",
     )  # fmt: skip
     assert code == 0, err
     results = json.loads((run / "results.json").read_text())

@@ -146,6 +146,18 @@ def _maybe_lora(model: nn.Module, task: FinetuneSection) -> bool:
     return True
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout of the model to 0, in place (the `nn.Dropout` layers and attention's dropout
+    probability). DPO needs it, as trl's `disable_dropout` does: a policy with dropout active would differ
+    from its eval-mode reference at step 0, and the loss would not start at ln 2."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.0
+    return model
+
+
 def pad_id_of(tokenizer: Any) -> int:
     """Padding is the end-of-text id: plain text never encodes to it, so `x != pad` marks real tokens."""
     if tokenizer.eot_id is None:
@@ -453,6 +465,7 @@ def run_dpo(
         f"{len(train_rows):,} training and {len(test_rows):,} held-out pairs "
         f"({skipped + test_skipped} longer than the context skipped)"
     )
+    disable_dropout(model)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     _prepare(config, _maybe_lora(model, task))
     objective = dpo_objective(reference, beta=task.beta)
