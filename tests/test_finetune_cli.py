@@ -196,3 +196,8 @@ def test_plain_gpt_folds_lora_into_a_plain_model():
     plain = plain_gpt(model)
     assert not lora_modules(plain) and not any("lora" in k for k in plain.state_dict())
     torch.testing.assert_close(plain(idx)[0], adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_is_required(tmp_path, capsys):
+    code, _, err = _run(capsys, "finetune", "sft", "--out", tmp_path / "r")
+    assert code == 2 and "give either --ckpt DIR" in err and "Traceback" not in err
