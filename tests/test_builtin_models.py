@@ -66,7 +66,9 @@ def test_first_use_converts_once_then_reuses_the_cache(fake_builtin, tmp_path):
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
-@pytest.mark.parametrize("damage", ["truncate-weights", "corrupt-meta", "source-changed"])
+@pytest.mark.parametrize(
+    "damage", ["truncate-weights", "corrupt-meta", "source-changed", "other-lmforge", "unknown-config-field"]
+)
 def test_a_corrupt_or_stale_cache_is_rebuilt_not_trusted(fake_builtin, damage):
     from lmforge.models.checkpoints import load_checkpoint
 
@@ -76,8 +78,17 @@ def test_a_corrupt_or_stale_cache_is_rebuilt_not_trusted(fake_builtin, damage):
         os.truncate(weights, weights.stat().st_size // 2)
     elif damage == "corrupt-meta":
         (ckpt / "meta.json").write_text('{"format_version": 1, "mod')
-    else:
+    elif damage == "source-changed":
         os.utime(fake_builtin, ns=(0, 0))
+    else:
+        import json
+
+        meta = json.loads((ckpt / "meta.json").read_text())
+        if damage == "other-lmforge":
+            meta["builtin_source"]["lmforge"] = "0.0.1"
+        else:
+            meta["config"]["a_field_of_another_version"] = True
+        (ckpt / "meta.json").write_text(json.dumps(meta))
     notes: list[str] = []
     assert builtin.builtin_checkpoint("tiny-chat", log=notes.append) == ckpt
     assert "converting it again" in notes[0]

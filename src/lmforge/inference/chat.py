@@ -19,7 +19,8 @@ Both take the conversation as `{"role", "content"}` messages (an assistant messa
 excepted) are dropped until the conversation and the opening of the reply fit `budget` tokens.
 
 Deliberately not here: the terminal loop (`lmforge chat`, cli/generate.py), generation (engine.py,
-text.py). The loss mask of instruction fine-tuning will be built from the same format.
+text.py). The loss mask of instruction fine-tuning is built from the same format
+(`lmforge.data.finetune_data.render_conversation`, which is given the format and never imports this module).
 """
 
 from __future__ import annotations

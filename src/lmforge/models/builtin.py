@@ -8,8 +8,8 @@ imported). The first use converts it (`models.gguf.load_gguf`: dequantized to bf
 ordinary lmforge checkpoint directory in the cache, `$LMFORGE_CACHE` or else `$XDG_CACHE_HOME/lmforge` or else
 `~/.cache/lmforge`, under `models/<name>/`. Later uses load that directory. The checkpoint is built under
 a temporary name and renamed into place (a crash leaves no half-written cache), records the size and
-modification time of the file it came from, and is rebuilt instead of trusted when it is corrupt or the
-source file changed.
+modification time of the file it came from and the lmforge version that converted it, and is rebuilt
+instead of trusted when it is corrupt, its config unreadable, the source file changed or lmforge did.
 
 Deliberately not here: the GGUF format (gguf.py), downloading anything (nothing is fetched at run time),
 choosing between --ckpt and --model (`resolve_checkpoint` does that for every command).
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import replace_dir
+from lmforge.version import __version__
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,19 @@ def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path
     """The checkpoint directory of a built-in model, converting its file on first use (or when the cache
     is missing, corrupt or stale)."""
     from lmforge.models.gguf import load_gguf
-    from lmforge.models.gpt import WEIGHTS_FILE, checkpoint_meta
+    from lmforge.models.gpt import META_FILE, WEIGHTS_FILE, checkpoint_meta
 
     model_info = get_builtin(name)
     source = model_info.source()
     stat = source.stat()
-    stamp = {"file": source.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    # the source file and the lmforge that converted it: another version may write another config layout
+    stamp = {"file": source.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "lmforge": __version__}
     target = cache_dir() / "models" / name
     if target.is_dir():
         try:
-            if checkpoint_meta(target).get("builtin_source") == stamp:
+            meta = checkpoint_meta(target)
+            if meta.get("builtin_source") == stamp:
+                _check_config(meta["config"], target / META_FILE)
                 _check_weights_file(target / WEIGHTS_FILE)  # cheap; the caller's load validates the rest
                 return target
             log(f"note: {source} changed since {target} was built; converting it again")
@@ -107,6 +111,16 @@ def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_config(config: dict, path: Path) -> None:
+    """FormatError unless this lmforge can build the model config stored in meta.json."""
+    from lmforge.models.gpt import GPTConfig
+
+    try:
+        GPTConfig.from_dict(config)
+    except (ConfigError, TypeError) as e:
+        raise FormatError(path, f"invalid model config: {e}") from None
 
 
 def _check_weights_file(path: Path) -> None:
