@@ -75,7 +75,7 @@ def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_token
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
-        help="continue prompts with a trained checkpoint",
+        help="continue prompts with a checkpoint or a built-in model (--model)",
         description="Continue one or more prompts with a trained checkpoint. The prompt comes from --prompt, "
         "from --prompt-file, or from standard input.",
         epilog="Example: lmforge generate --ckpt runs/shakespeare/ckpt --prompt 'ROMEO:' --stream --seed 0",
@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     c = subparsers.add_parser(
         "chat",
-        help="chat with a trained checkpoint in the terminal",
+        help="chat with a checkpoint or a built-in model (--model) in the terminal",
         description="An interactive loop: type a message, the model answers (streamed). Uses the "
         "checkpoint's chat template if it has one, otherwise the model continues the transcript. Older turns "
         "are dropped to stay within the context window. Commands: /reset clears the conversation, /quit (or "
