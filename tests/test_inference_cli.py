@@ -214,3 +214,17 @@ def test_fit_conversation_drops_oldest_turns():
     assert fit_conversation(messages, 7, keep_first=True) == [1, 1, 1, 3, 3]
     # the newest message alone is too long: keep its end
     assert fit_conversation([[1], [5, 6, 7, 8, 9]], 3, keep_first=False) == [7, 8, 9]
+
+
+def test_chat_survives_a_character_the_model_has_never_seen_and_lists_its_commands(
+    checkpoint, capsys, monkeypatch
+):
+    """A char-level model cannot encode '€': the message is not sent, the chat goes on with the
+    conversation it had (the next reply equals a fresh chat's reply to the same message)."""
+    directory, model, tokenizer = checkpoint
+    args = ("chat", "--ckpt", str(directory), "--temperature", "0", "--max-new-tokens", "10")
+    code, out, _ = run(capsys, *args, stdin="/help\n10 €\nhello\n", monkeypatch=monkeypatch)
+    assert code == 0
+    assert "/reset" in out and "/quit" in out and "/help" in out
+    assert "not sent:" in out and "the conversation so far is kept" in out
+    assert f"> {greedy_text(model, tokenizer, 'hello' + chr(10), 10)}" in out

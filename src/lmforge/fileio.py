@@ -201,7 +201,7 @@ def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise FormatError(
-            path, f"{what} is corrupt or truncated (invalid JSON at line {e.lineno}, column {e.colno})"
+            path, f"corrupt or truncated {what} (invalid JSON at line {e.lineno}, column {e.colno})"
         ) from None
 
 
@@ -237,4 +237,4 @@ def load_safetensors(path: str | Path, *, what: str = "tensor file") -> dict:
     try:
         return load(path.read_bytes())
     except (SafetensorError, ValueError, RuntimeError) as e:
-        raise FormatError(path, f"{what} is corrupt or truncated ({e})") from None
+        raise FormatError(path, f"corrupt or truncated {what} ({e})") from None

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = result.last_eval or {}
     print(
         f"trained {result.step} steps: val loss {metrics.get('loss', float('nan')):.3f}, "
-        f"perplexity {metrics.get('ppl', float('nan')):.1f}, "
+        f"perplexity {metrics.get('ppl', float('nan')):.5g}, "
         f"bits/byte {metrics.get('bpb', float('nan')):.3f}"
     )
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.errors import ConfigError, FormatError
+from lmforge.errors import ConfigError, FormatError, TokenizerError
 
 if TYPE_CHECKING:
     pass
@@ -78,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue prompts with a checkpoint or a built-in model (--model)",
         description="Continue one or more prompts with a trained checkpoint. The prompt comes from --prompt, "
         "from --prompt-file, or from standard input.",
-        epilog="Example: lmforge generate --ckpt runs/shakespeare/ckpt --prompt 'ROMEO:' --stream --seed 0",
+        epilog="Examples: lmforge generate --ckpt runs/shakespeare-char/checkpoints/best --prompt 'ROMEO:' "
+        "--stream --seed 0 (after 'lmforge train --config configs/shakespeare-char.toml'); "
+        "lmforge generate --model smollm2-135m-instruct --prompt 'The sky is'",
     )
     _add_model_and_sampling_options(p, max_new_tokens=200)
     src = p.add_mutually_exclusive_group()
@@ -106,8 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="chat with a checkpoint or a built-in model (--model) in the terminal",
         description="An interactive loop: type a message, the model answers (streamed). Uses the "
         "checkpoint's chat template if it has one, otherwise the model continues the transcript. Older turns "
-        "are dropped to stay within the context window. Commands: /reset clears the conversation, /quit (or "
-        "Ctrl-D) exits.",
+        "are dropped to stay within the context window. Commands: /reset clears the conversation, /help "
+        "lists the commands, /quit (or Ctrl-D) exits.",
     )
     _add_model_and_sampling_options(c, max_new_tokens="half the context, at most 256")
     c.add_argument("--system", metavar="TEXT", help="system message (only with a chat template)")
@@ -220,6 +222,13 @@ def _with_seed(params: Any, seed: int) -> Any:
     return replace(params, seed=seed)
 
 
+CHAT_HELP = """commands:
+  /reset  forget the conversation (a --system message stays)
+  /help   this list
+  /quit   leave (so does Ctrl-D)
+anything else is your next message"""
+
+
 def run_chat(args: argparse.Namespace) -> int:
     from lmforge.inference.chat import JinjaChatFormat, chat_format
     from lmforge.inference.text import stream_text
@@ -240,26 +249,36 @@ def run_chat(args: argparse.Namespace) -> int:
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages: list[dict[str, Any]] = list(system)
     mode = "chat template" if templated else "plain continuation (no chat template in this checkpoint)"
-    print(f"lmforge chat: {mode}; context {engine.block_size} tokens. /reset clears, /quit or Ctrl-D exits.")
+    print(f"lmforge chat: {mode}; context {engine.block_size} tokens. /help lists the commands.")
     for turn in itertools.count():
         try:
             line = input("> ")
         except EOFError:
             print()
             return 0
-        if line.strip() == "/quit":
+        command = line.strip()
+        if command == "/quit":
             return 0
-        if line.strip() == "/reset":
+        if command == "/reset":
             messages = list(system)
             continue
-        if not line.strip():
+        if command == "/help":
+            print(CHAT_HELP)
+            continue
+        if not command:
             continue
         messages.append({"role": "user", "content": line})
         reply: list[int] = []
+        try:
+            prompt = chat.prompt(messages, budget)
+        except TokenizerError as e:  # e.g. a character a char-level model has never seen
+            print(f"(not sent: {e}; the conversation so far is kept)")
+            messages.pop()
+            continue
         for piece in stream_text(
             engine,
             tokenizer,
-            chat.prompt(messages, budget),
+            prompt,
             params if params.seed is None else _with_seed(params, params.seed + turn),  # reproducible turns
             max_new_tokens=args.max_new_tokens,
             stop=args.stop,

@@ -108,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     s.add_argument("--num-samples", type=int, default=1, help="how many samples (default: 1)")
     s.add_argument("--max-new-tokens", type=int, default=200, help="tokens per sample (default: 200)")
-    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature, > 0 (default: 0.8)")
+    s.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8)"
+    )
     s.add_argument(
         "--top-k", type=int, default=200, help="sample among the k likeliest tokens (default: 200)"
     )
@@ -174,7 +176,7 @@ def run_eval(args: argparse.Namespace) -> int:
             bytes_per_token=counts["bytes"] / counts["tokens"] if counts["bytes"] else None,
         )
         scope = "all" if not args.max_batches else f"first {int(m['tokens']):,}"
-        line = f"{split}: loss {m['loss']:.4f}  perplexity {m['ppl']:.2f}  accuracy {m['accuracy']:.3f}"
+        line = f"{split}: loss {m['loss']:.4f}  perplexity {m['ppl']:.6g}  accuracy {m['accuracy']:.3f}"
         if "bpb" in m:
             line += f"  bits/byte {m['bpb']:.4f}"
         print(f"{line}  ({scope} of {counts['tokens']:,} tokens)")
@@ -218,7 +220,7 @@ def _eval_text(args: argparse.Namespace, model: Any, tokenizer: Any, autocast: A
     name = args.model or args.ckpt
     print(f"{name} ({model.num_params():,} parameters) on {args.text_source}, windows of {block} tokens")
     print(
-        f"loss {m['loss']:.4f}  perplexity {m['ppl']:.2f}  accuracy {m['accuracy']:.3f}  "
+        f"loss {m['loss']:.4f}  perplexity {m['ppl']:.6g}  accuracy {m['accuracy']:.3f}  "
         f"bits/byte {m['bpb']:.4f}  ({int(m['tokens']):,} tokens scored)"
     )
     return 0

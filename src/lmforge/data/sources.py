@@ -125,9 +125,8 @@ class SourceReader:
             if self.stats.bad_records:
                 detail = f"; all {self.stats.bad_records:,} records were bad, e.g. "
                 detail += self.stats.bad_record_examples[0]
-            raise DataError(
-                f"source {self.spec!r} is empty: {self.stats.documents:,} documents with no text{detail}"
-            )
+            documents = counted(self.stats.documents, "document")
+            raise DataError(f"source {self.spec!r} is empty: {documents} with no text{detail}")
 
     # -- one reader per kind; each yields Documents and updates self.stats
 
@@ -224,3 +223,8 @@ class SourceReader:
                     yield self._emit(f"{path}:row {row}", text, 0, len(text.encode("utf-8")))
         except (pa.ArrowException, OSError) as e:
             raise FormatError(path, f"cannot read Parquet data after row {row} ({e})") from None
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 document', '2 documents', '1,000 documents'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -393,7 +393,7 @@ class Trainer:
                 self.evals_without_improvement = 0
             elif loss is not None:
                 self.evals_without_improvement += 1
-            logger.message(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            logger.message(f"step {self.step}: " + ", ".join(f"{k} {_short(v)}" for k, v in metrics.items()))
         if self.config.checkpoint and self.is_main:
             path = self.checkpoints.save(
                 self.step,
@@ -525,3 +525,9 @@ def train_from_config(
         overwrite=overwrite,
     )
     return result
+
+
+def _short(value: float) -> str:
+    """A metric for a log line: 4 decimals, or 4 significant digits when huge (a diverged run's
+    perplexity is ~1e304 and would otherwise print 300 digits)."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
