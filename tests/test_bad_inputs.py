@@ -277,8 +277,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "prepare-tokenizer-truncated",
         [*_prepare()[:5], "{bad}/tokenizer_truncated.json", *_prepare()[6:]],
         2,
-        "lmforge data: error: {bad}/tokenizer_truncated.json: tokenizer file is corrupt or "
-        "truncated (invalid JSON at line 1, column 37)",
+        "lmforge data: error: {bad}/tokenizer_truncated.json: corrupt or truncated tokenizer file "
+        "(invalid JSON at line 1, column 37)",
     ),
     (
         "prepare-tokenizer-empty-pattern",
@@ -360,8 +360,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "info-meta-broken",
         ["data", "info", "{w}/data-meta-broken"],
         2,
-        "lmforge data: error: {w}/data-meta-broken/meta.json: dataset meta.json is corrupt or "
-        "truncated (invalid JSON at line 1, column 2)",
+        "lmforge data: error: {w}/data-meta-broken/meta.json: corrupt or truncated dataset meta.json "
+        "(invalid JSON at line 1, column 2)",
     ),
     (
         "info-truncated",
@@ -436,8 +436,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "eval-meta-truncated",
         ["eval", "--ckpt", "{w}/ckpt-meta-broken"],
         2,
-        "lmforge eval: error: {w}/ckpt-meta-broken/meta.json: checkpoint meta is corrupt or "
-        "truncated (invalid JSON at line 1, column 39)",
+        "lmforge eval: error: {w}/ckpt-meta-broken/meta.json: corrupt or truncated checkpoint meta "
+        "(invalid JSON at line 1, column 39)",
     ),
     # ---- generate, sample
     (

@@ -228,3 +228,30 @@ def test_chat_survives_a_character_the_model_has_never_seen_and_lists_its_comman
     assert "/reset" in out and "/quit" in out and "/help" in out
     assert "not sent:" in out and "the conversation so far is kept" in out
     assert f"> {greedy_text(model, tokenizer, 'hello' + chr(10), 10)}" in out
+
+
+def test_typed_special_tokens_follow_one_policy_in_every_command(checkpoint, capsys, monkeypatch, tmp_path):
+    """'<|endoftext|>' in what a user types is refused by generate, sample, chat and tokenizer encode alike
+    (one line naming --allow-special), and with --allow-special it is encoded as the special token."""
+    directory, model, tokenizer = checkpoint
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    prompt = "hi<|endoftext|>yo"
+    for command in (
+        ["generate", "--ckpt", str(directory), "--prompt", prompt, "--max-new-tokens", "2"],
+        ["sample", "--ckpt", str(directory), "--prompt", prompt, "--max-new-tokens", "2"],
+    ):
+        code, _, err = run(capsys, *command)
+        assert code == 2 and "special token '<|endoftext|>'" in err and "--allow-special" in err
+        assert run(capsys, *command, "--allow-special")[0] == 0
+    tokenizer.save(tmp_path / "tok.json")
+    encode = ["tokenizer", "encode", "--tokenizer", str(tmp_path / "tok.json"), "--text", prompt]
+    code, _, err = run(capsys, *encode)
+    assert code == 2 and "--allow-special" in err
+    code, out, _ = run(capsys, *encode, "--allow-special")
+    assert code == 0 and [int(t) for t in out.split()] == tokenizer.encode(prompt, allowed_special="all")
+    assert eot in [int(t) for t in out.split()]
+    chat = ("chat", "--ckpt", str(directory), "--temperature", "0", "--max-new-tokens", "4")
+    code, out, _ = run(capsys, *chat, stdin=prompt + "\n", monkeypatch=monkeypatch)
+    assert code == 0 and "not sent:" in out and "--allow-special" in out
+    code, out, _ = run(capsys, *chat, "--allow-special", stdin=prompt + "\n", monkeypatch=monkeypatch)
+    assert code == 0 and "not sent:" not in out

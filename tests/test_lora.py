@@ -236,7 +236,7 @@ def test_bad_adapter_tensors_are_a_format_error(tmp_path):
     save_adapter(apply_lora(copy.deepcopy(base), rank=4), tmp_path)
     weights = tmp_path / "adapter.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(FormatError, match="adapter weights is corrupt"):
+    with pytest.raises(FormatError, match="corrupt or truncated adapter weights"):
         load_adapter(copy.deepcopy(base), tmp_path)
     # a rank in adapter.json that disagrees with the tensors
     save_adapter(apply_lora(copy.deepcopy(base), rank=4), tmp_path)

@@ -55,6 +55,12 @@ def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_token
     g.add_argument(
         "--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)"
     )
+    g.add_argument(
+        "--allow-special",
+        action="store_true",
+        help="encode special-token text you type (e.g. <|endoftext|>) as that token; without it such text "
+        "is refused",
+    )
     e = p.add_argument_group("engine")
     e.add_argument(
         "--dtype",
@@ -193,6 +199,7 @@ def run_generate(args: argparse.Namespace) -> int:
                     sample_params,
                     max_new_tokens=args.max_new_tokens,
                     stop=args.stop,
+                    allow_special=args.allow_special,
                 )
                 print(prompt + next(pieces, ""), end="", flush=True)  # the first piece surfaces any error
                 for piece in pieces:
@@ -207,6 +214,7 @@ def run_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         num_samples=args.num_samples,
         stop=args.stop,
+        allow_special=args.allow_special,
     )
     for i, prompt in enumerate(prompts):
         for j, continuation in enumerate(texts[i]):
@@ -234,7 +242,9 @@ def run_chat(args: argparse.Namespace) -> int:
     from lmforge.inference.text import stream_text
 
     engine, tokenizer, params, meta = _load(args)
-    chat = chat_format(tokenizer, meta, source=f"{args.ckpt or args.model}/meta.json")
+    chat = chat_format(
+        tokenizer, meta, source=f"{args.ckpt or args.model}/meta.json", allow_special=args.allow_special
+    )
     if args.max_new_tokens is None:
         args.max_new_tokens = min(256, engine.block_size // 2)
     budget = engine.block_size - args.max_new_tokens

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument(
         "--allow-special",
         action="store_true",
-        help="encode special-token text (e.g. <|endoftext|>) as its id",
+        help="encode special-token text (e.g. <|endoftext|>) as its id; without it such text is refused",
     )
     encode.set_defaults(func=run_encode)
 
@@ -156,9 +156,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    from lmforge.tokenizers.base import encode_user_text
+
     tokenizer = _load(args.tokenizer)
     text = args.text if args.text is not None else sys.stdin.read()
-    ids = tokenizer.encode(text, allowed_special="all" if args.allow_special else "none_raise")
+    ids = encode_user_text(tokenizer, text, allow_special=args.allow_special)
     print(" ".join(map(str, ids)))
     return 0
 

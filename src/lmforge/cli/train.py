@@ -115,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--top-k", type=int, default=200, help="sample among the k likeliest tokens (default: 200)"
     )
     s.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
+    s.add_argument(
+        "--allow-special",
+        action="store_true",
+        help="encode special-token text in --prompt (e.g. <|endoftext|>) as that token; without it such "
+        "text is refused",
+    )
     s.set_defaults(func=run_sample)
 
 
@@ -229,11 +235,12 @@ def _eval_text(args: argparse.Namespace, model: Any, tokenizer: Any, autocast: A
 def run_sample(args: argparse.Namespace) -> int:
     from lmforge.inference import Engine, SamplingParams, for_cpu_inference
     from lmforge.models.checkpoints import load_checkpoint
+    from lmforge.tokenizers.base import encode_user_text
 
     model, tokenizer, _ = load_checkpoint(args.ckpt)
     model = for_cpu_inference(model, copy=False)  # loaded only to sample
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    start = tokenizer.encode(args.prompt, allowed_special="all") if args.prompt else []
+    start = encode_user_text(tokenizer, args.prompt, allow_special=args.allow_special) if args.prompt else []
     start = start or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
     # "sliding": a sample longer than the context keeps going on its most recent tokens.
     rows = Engine(model, context="sliding").generate(

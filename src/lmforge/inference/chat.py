@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from lmforge.errors import ConfigError, FormatError
 from lmforge.inference.chat_template import render_chat_template
 from lmforge.models.gguf import JINJA_TEMPLATE_KEY
+from lmforge.tokenizers.base import encode_user_text
 
 if TYPE_CHECKING:
     from lmforge.tokenizers.base import Tokenizer
@@ -41,9 +42,17 @@ TEMPLATE_KEYS = ("user", "assistant", "generation_prompt")  # required; "system"
 class ChatFormat:
     """How a conversation becomes token ids (see the module docstring)."""
 
-    def __init__(self, tokenizer: Tokenizer, template: dict[str, Any] | None, *, source: str = "meta.json"):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: dict[str, Any] | None,
+        *,
+        source: str = "meta.json",
+        allow_special: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.template = template
+        self.allow_special = allow_special
         if template is not None:
             missing = [k for k in TEMPLATE_KEYS if k not in template]
             if missing:
@@ -52,7 +61,8 @@ class ChatFormat:
     def message(self, role: str, content: str | list[int]) -> list[int]:
         """Ids of one message; `content` is text, or the ids the model generated for a reply."""
         if isinstance(content, str):
-            content = self.tokenizer.encode_ordinary(content + "\n" if self.template is None else content)
+            text = content + "\n" if self.template is None else content
+            content = encode_user_text(self.tokenizer, text, allow_special=self.allow_special)
         if self.template is None:
             return content
         if role not in self.template:
@@ -86,9 +96,18 @@ class ChatFormat:
 class JinjaChatFormat:
     """A conversation rendered by the model's own Jinja chat template (see the module docstring)."""
 
-    def __init__(self, tokenizer: Tokenizer, template: str, *, bos_token: str | None, eos_token: str | None):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: str,
+        *,
+        bos_token: str | None,
+        eos_token: str | None,
+        allow_special: bool = False,
+    ):
         self.tokenizer, self.template = tokenizer, template
         self.bos_token, self.eos_token = bos_token, eos_token
+        self.allow_special = allow_special
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -102,6 +121,10 @@ class JinjaChatFormat:
 
     def prompt(self, messages: Sequence[Mapping[str, Any]], budget: int) -> list[int]:
         """Ids of the rendered conversation; the oldest turns (not a system message) are dropped first."""
+        if not self.allow_special:
+            for m in messages:  # the same policy as every prompt: typed control tokens only when allowed
+                if "ids" not in m:
+                    encode_user_text(self.tokenizer, m["content"])
         kept = list(messages)
         while True:
             ids = self.tokenizer.encode(self.render(kept), allowed_special="all")
@@ -118,14 +141,21 @@ class JinjaChatFormat:
         return tuple(sorted(ids))
 
 
-def chat_format(tokenizer: Tokenizer, meta: Mapping[str, Any], *, source: str = "meta.json") -> Any:
-    """The chat format of a checkpoint: its Jinja template, else its per-role template, else plain text."""
+def chat_format(
+    tokenizer: Tokenizer, meta: Mapping[str, Any], *, source: str = "meta.json", allow_special: bool = False
+) -> Any:
+    """The chat format of a checkpoint: its Jinja template, else its per-role template, else plain text.
+    `allow_special`: whether a message may type special tokens (`tokenizers.base.encode_user_text`)."""
     template = meta.get(JINJA_TEMPLATE_KEY)
     if isinstance(template, str):
         return JinjaChatFormat(
-            tokenizer, template, bos_token=meta.get("bos_token"), eos_token=meta.get("eos_token")
+            tokenizer,
+            template,
+            bos_token=meta.get("bos_token"),
+            eos_token=meta.get("eos_token"),
+            allow_special=allow_special,
         )
-    return ChatFormat(tokenizer, meta.get("chat_template"), source=source)
+    return ChatFormat(tokenizer, meta.get("chat_template"), source=source, allow_special=allow_special)
 
 
 def fit_conversation(messages: list[list[int]], budget: int, *, keep_first: bool) -> list[int]:

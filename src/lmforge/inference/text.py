@@ -107,11 +107,14 @@ class StopStrings:
         return best
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Encode a user's prompt; special-token text such as "<|endoftext|>" becomes its special id."""
+def encode_prompt(tokenizer: Tokenizer, prompt: str, *, allow_special: bool = False) -> list[int]:
+    """Encode a user's prompt; special-token text such as "<|endoftext|>" is refused unless
+    `allow_special` (`tokenizers.base.encode_user_text`: one policy for every command)."""
+    from lmforge.tokenizers.base import encode_user_text
+
     if not prompt:
         raise ConfigError("the prompt is empty; give some text to continue")
-    return tokenizer.encode(prompt, allowed_special="all")
+    return encode_user_text(tokenizer, prompt, allow_special=allow_special)
 
 
 def default_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
@@ -129,13 +132,18 @@ def stream_text(
     stop: Sequence[str] = (),
     stop_ids: Sequence[int] | None = None,
     generated: list[int] | None = None,
+    allow_special: bool = False,
 ) -> Iterator[str]:
     """Yield the continuation of one prompt as pieces of text, each made of complete characters.
 
     If `generated` is given, the new token ids are appended to it (without a final stop id), e.g. for
     a chat loop that keeps the conversation as ids rather than re-encoding the text.
     """
-    ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
+    ids = (
+        encode_prompt(tokenizer, prompt, allow_special=allow_special)
+        if isinstance(prompt, str)
+        else list(prompt)
+    )
     stop_ids = default_stop_ids(tokenizer) if stop_ids is None else tuple(stop_ids)
     detok, stops = IncrementalDetokenizer(tokenizer), StopStrings(stop)
     tokens = engine.stream([ids], params, max_new_tokens=max_new_tokens, stop_ids=stop_ids)
@@ -168,10 +176,11 @@ def generate_texts(
     num_samples: int = 1,
     stop: Sequence[str] = (),
     stop_ids: Sequence[int] | None = None,
+    allow_special: bool = False,
 ) -> list[list[str]]:
     """Continue several prompts in one batch: result[i][j] is sample j of prompt i."""
     stop_ids = default_stop_ids(tokenizer) if stop_ids is None else tuple(stop_ids)
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p, allow_special=allow_special) for p in prompts]
     rows = engine.generate(
         prompt_ids, params, max_new_tokens=max_new_tokens, num_samples=num_samples, stop_ids=stop_ids
     )
@@ -199,6 +208,7 @@ def generate(
     frequency_penalty: float = 0.0,
     seed: int | None = None,
     stop: Sequence[str] = (),
+    allow_special: bool = False,
 ) -> str:
     """Continue `prompt` with a model from a checkpoint directory (or a GPT plus its `tokenizer`).
 
@@ -226,5 +236,13 @@ def generate(
         seed=seed,
     )
     return "".join(
-        stream_text(Engine(model), tokenizer, prompt, params, max_new_tokens=max_new_tokens, stop=stop)
+        stream_text(
+            Engine(model),
+            tokenizer,
+            prompt,
+            params,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            allow_special=allow_special,
+        )
     )

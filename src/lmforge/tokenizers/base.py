@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from lmforge.errors import DataError
+from lmforge.errors import DataError, TokenizerError
 from lmforge.fileio import atomic_write_text
 from lmforge.tokenizers.special import AllowedSpecial
 
@@ -103,3 +103,20 @@ def read_training_text(item: str | Path) -> str:
         ) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read training file ({e.strerror})") from None
+
+
+def encode_user_text(tokenizer: Tokenizer, text: str, *, allow_special: bool = False) -> list[int]:
+    """Text a person typed (a prompt, a chat message, `tokenizer encode` input), under one policy for every
+    command: special-token text such as "<|endoftext|>" is refused unless `allow_special` (the CLI's
+    `--allow-special`), which encodes it as its special id. Never silently either way: a typed control
+    token changes what the model sees, so the user says which they mean.
+    """
+    if allow_special:
+        return tokenizer.encode(text, allowed_special="all")
+    for token in tokenizer.special_tokens:
+        if token in text:
+            raise TokenizerError(
+                f"the text contains the special token {token!r}; pass --allow-special to encode it as that "
+                "token (allow_special=True in Python), or remove it"
+            )
+    return tokenizer.encode_ordinary(text)
