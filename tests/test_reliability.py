@@ -301,3 +301,51 @@ def test_no_space_left_is_one_line_naming_the_file(tiny_run, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert err == f"lmforge convert: error: {out / 'model.safetensors'}: No space left on device\n"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    ("code", "text"), [(errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system")]
+)
+def test_permission_denied_and_read_only_are_one_line_naming_the_file(
+    tiny_run, tmp_path, capsys, monkeypatch, code, text
+):
+    """Tests run as root, where chmod does not stop a write; the error the OS would raise is simulated at
+    the point where every atomic write creates its file."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "hf"
+    argv = ["convert", "--from", "lmforge", "--to", "hf", str(tiny_run / "checkpoints/best"), str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("lmforge convert: error: ") and err.endswith(f"{text}\n") and str(out) in err
+
+
+def test_shipped_configs_are_found_from_any_directory(tmp_path, monkeypatch):
+    from lmforge.cli.configs import REPOSITORY_CONFIGS, shipped_config
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped_config("configs/arithmetic.toml") == str(REPOSITORY_CONFIGS / "arithmetic.toml")
+    assert Path(shipped_config("configs/arithmetic.toml")).is_file()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "arithmetic.toml").write_text("[train]\n")
+    assert shipped_config("configs/arithmetic.toml") == "configs/arithmetic.toml"  # the user's own copy wins
+    assert shipped_config("configs/nope.toml") == "configs/nope.toml"  # the reader names what is missing
+
+
+def test_a_checkpoint_records_its_dataset_as_an_absolute_path(tiny_dataset, tmp_path, monkeypatch):
+    """Trained with a relative data.dir, `eval --ckpt` still finds the data from another directory."""
+    from conftest import TINY_TRAIN
+
+    monkeypatch.chdir(tiny_dataset.parent)
+    run = tmp_path / "run"
+    overrides = [*TINY_TRAIN, f"data.dir={tiny_dataset.name}", f"train.out_dir={run}", "train.max_iters=2"]
+    assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
+    meta = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
+    assert meta["dataset"] == str(tiny_dataset.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--ckpt", str(run / "checkpoints" / "best"), "--max-batches", "1"]) == 0

@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from lmforge.cli.configs import shipped_config
     from lmforge.inference.chat import chat_format
     from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
@@ -95,7 +96,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         overrides.append(f"finetune.lora_rank={args.lora}")
     if args.out:  # a JSON string is a TOML basic string, so any path survives the override parser
         overrides.append(f"train.out_dir={json.dumps(args.out)}")
-    config = load_config(args.config, overrides=overrides, sections=finetune.FinetuneConfig)
+    config = load_config(shipped_config(args.config), overrides=overrides, sections=finetune.FinetuneConfig)
     seed_everything(config.train.seed)
     model, tokenizer, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
     model.train()

@@ -89,22 +89,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_arithmetic(args: argparse.Namespace) -> int:
     import json
 
+    from lmforge.cli.configs import shipped_config
     from lmforge.recipes.arithmetic import RecipeConfig, run_recipe
     from lmforge.training.config import load_config
 
     # a JSON string is a TOML basic string, so any path survives the override parser
     overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
-    run_recipe(load_config(args.config, overrides=overrides, sections=RecipeConfig), overwrite=args.overwrite)
+    run_recipe(
+        load_config(shipped_config(args.config), overrides=overrides, sections=RecipeConfig),
+        overwrite=args.overwrite,
+    )
     return 0
 
 
 def run_induction(args: argparse.Namespace) -> int:
     import json
 
+    from lmforge.cli.configs import shipped_config
     from lmforge.recipes.induction import RecipeConfig, results_table, run_recipe
     from lmforge.training.config import load_config
 
     overrides = list(args.overrides) + ([f"train.out_dir={json.dumps(args.out)}"] if args.out else [])
-    config = load_config(args.config, overrides=overrides, sections=RecipeConfig)
+    config = load_config(shipped_config(args.config), overrides=overrides, sections=RecipeConfig)
     print(results_table(run_recipe(config, overwrite=args.overwrite)))
     return 0

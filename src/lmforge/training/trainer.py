@@ -513,7 +513,7 @@ def train_from_config(
     checkpoint_meta = {
         "tokenizer": meta["tokenizer"],
         "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
-        "dataset": str(data.dir),
+        "dataset": str(Path(data.dir).resolve()),  # absolute: eval --ckpt works from any directory
     }
     _, result = run_training(
         config,
