@@ -278,8 +278,8 @@ def render_conversation(chat: Any, messages: Sequence[Mapping[str, str]]) -> tup
         if message["role"] not in chat.template:
             raise DataError(f"this checkpoint's chat template has no '{message['role']}' role")
         before, _, after = chat.template[message["role"]].partition("{content}")
-        opening = chat._encode_template_text(before)
-        rest = chat.tokenizer.encode_ordinary(message["content"]) + chat._encode_template_text(after)
+        opening = chat.encode_template_text(before)
+        rest = chat.tokenizer.encode_ordinary(message["content"]) + chat.encode_template_text(after)
         ids += opening + rest
         mask += [0] * len(opening) + [int(message["role"] == "assistant")] * len(rest)
     return ids, mask

@@ -68,11 +68,11 @@ class ChatFormat:
         if role not in self.template:
             raise ConfigError(f"this checkpoint's chat template has no '{role}' role")
         before, _, after = self.template[role].partition("{content}")
-        return self._encode_template_text(before) + content + self._encode_template_text(after)
+        return self.encode_template_text(before) + content + self.encode_template_text(after)
 
     def generation_prompt(self) -> list[int]:
         """The ids that open the assistant's turn (none for plain continuation)."""
-        return [] if self.template is None else self._encode_template_text(self.template["generation_prompt"])
+        return [] if self.template is None else self.encode_template_text(self.template["generation_prompt"])
 
     def stop_ids(self) -> tuple[int, ...]:
         """A reply ends at the end-of-text token or at any special token the template lists under "stop"."""
@@ -89,8 +89,11 @@ class ChatFormat:
         keep_first = bool(messages) and messages[0]["role"] == "system"
         return fit_conversation(ids, budget - len(opening), keep_first=keep_first) + opening
 
-    def _encode_template_text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, allowed_special="all")  # the template's own text may hold specials
+    def encode_template_text(self, text: str) -> list[int]:
+        """Ids of the template's own text (not a message): its special tokens are always special. Public
+        because the SFT loss mask (`data.finetune_data.render_conversation`) builds rows from the same
+        pieces."""
+        return self.tokenizer.encode(text, allowed_special="all")
 
 
 class JinjaChatFormat:
