@@ -36,7 +36,8 @@ def main() -> None:
 
     from lmforge.inference import Engine, SamplingParams
     from lmforge.inference.chat_template import render_chat_template
-    from lmforge.models.gguf import load_gguf, smollm2_gguf_path
+    from lmforge.models.checkpoints import load_gguf
+    from lmforge.models.gguf import smollm2_gguf_path
 
     path = smollm2_gguf_path()
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -144,7 +145,8 @@ def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
 
     code = f"""
 import json, time, torch, transformers
-from lmforge.models.gguf import load_gguf, smollm2_gguf_path
+from lmforge.models.checkpoints import load_gguf
+from lmforge.models.gguf import smollm2_gguf_path
 path, dtype = smollm2_gguf_path(), {{"bf16": torch.bfloat16, "fp32": torch.float32}}["{dtype}"]
 def status():
     lines = (line.split(":", 1) for line in open("/proc/self/status"))

@@ -19,7 +19,8 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from lmforge.errors import ConfigError, FormatError  # noqa: E402
 from lmforge.models import GPT, GPTConfig  # noqa: E402
-from lmforge.models.gguf import load_gguf, save_gguf  # noqa: E402
+from lmforge.models.checkpoints import load_gguf  # noqa: E402
+from lmforge.models.gguf import save_gguf  # noqa: E402
 from lmforge.tokenizers import BPETokenizer  # noqa: E402
 from lmforge.tokenizers.foreign import bytes_to_unicode  # noqa: E402
 
@@ -207,6 +208,27 @@ def test_llama_f32_matches_source_and_transformers_gguf_loader(tmp_path, vocab, 
     assert greedy(model, ids[:1], 6) == greedy(theirs, ids[:1], 6)
     assert meta["chat_template_jinja"] == TEMPLATE
     assert (meta["bos_token"], meta["eos_token"]) == ("<|im_start|>", "<|im_end|>")
+
+
+def test_gpt_from_gguf_is_the_model_alone(tmp_path, vocab, ids):
+    """`GPT.from_gguf` (the Python entry point) gives the transformers-checked model, in bfloat16 too."""
+    hf = _hf_llama(len(vocab[0]))
+    path = tmp_path / "tiny.gguf"
+    write_llama_gguf(path, hf, *vocab)
+    model = GPT.from_gguf(path)
+    assert not model.training
+    torch.testing.assert_close(logits(model, ids), logits(hf_from_gguf(path), ids), rtol=1e-4, atol=1e-5)
+    half = GPT.from_gguf(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert (logits(half, ids).float() - logits(model, ids)).abs().max() < 0.1
+
+
+def test_from_tensors_names_the_source_of_a_foreign_tensor():
+    config = GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4)
+    with pytest.raises(FormatError, match=r"x\.gguf.*blk\.9: no such parameter"):
+        GPT.from_tensors(config, [("blk.9", torch.zeros(1))], source="x.gguf")
+    with pytest.raises(FormatError, match=r"x\.gguf.*transformer\.wte\.weight: shape \(2, 4\)"):
+        GPT.from_tensors(config, [("transformer.wte.weight", torch.zeros(2, 4))], source="x.gguf")
 
 
 def test_query_key_row_order_matters(tmp_path, vocab, ids, monkeypatch):

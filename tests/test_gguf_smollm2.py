@@ -15,7 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from lmforge.errors import DataError  # noqa: E402
-from lmforge.models.gguf import load_gguf, read_gguf_metadata, smollm2_gguf_path  # noqa: E402
+from lmforge.models.checkpoints import load_gguf  # noqa: E402
+from lmforge.models.gguf import read_gguf_metadata, smollm2_gguf_path  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -181,7 +181,8 @@ def _gguf_to_lmforge(src: Path, dst: Path, dtype: str) -> tuple[GPT, str]:
     import torch
 
     from lmforge.errors import ConfigError
-    from lmforge.models.gguf import JINJA_TEMPLATE_KEY, load_gguf
+    from lmforge.models.checkpoints import load_gguf
+    from lmforge.models.gguf import JINJA_TEMPLATE_KEY
 
     if dtype not in ("f32", "bf16"):
         raise ConfigError(f"--dtype {dtype} is for --to gguf; a GGUF file is dequantized to f32 or bf16")

@@ -4,7 +4,7 @@
     model, tokenizer, meta = load_checkpoint(builtin_checkpoint("smollm2-135m-instruct"))
 
 A built-in model is a GGUF file inside a data-only package (installed `--no-deps`, read and never
-imported). The first use converts it (`models.gguf.load_gguf`: dequantized to bfloat16) into an
+imported). The first use converts it (`models.checkpoints.load_gguf`: dequantized to bfloat16) into an
 ordinary lmforge checkpoint directory in the cache, `$LMFORGE_CACHE` or else `$XDG_CACHE_HOME/lmforge` or else
 `~/.cache/lmforge`, under `models/<name>/`. Later uses load that directory. The checkpoint is built under
 a temporary name and renamed into place (a crash leaves no half-written cache), records the size and
@@ -80,7 +80,7 @@ def get_builtin(name: str) -> BuiltinModel:
 def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path:
     """The checkpoint directory of a built-in model, converting its file on first use (or when the cache
     is missing, corrupt or stale)."""
-    from lmforge.models.gguf import load_gguf
+    from lmforge.models.checkpoints import load_gguf
     from lmforge.models.gpt import META_FILE, WEIGHTS_FILE, checkpoint_meta
 
     model_info = get_builtin(name)

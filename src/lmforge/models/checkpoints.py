@@ -1,6 +1,7 @@
 """Opening a checkpoint directory: the one loader behind generate, chat, eval, sample, convert and recipes.
 
     model, tokenizer, meta = load_checkpoint("runs/shakespeare/checkpoints/best")
+    model, tokenizer, meta = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")   # a llama.cpp file
 
 A checkpoint directory holds `model.safetensors` and `meta.json` (model config, the tokenizer that
 the model was trained with, and whatever the writer added: dataset, chat template, recipe settings);
@@ -17,10 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from lmforge.errors import FormatError
 from lmforge.models.gpt import GPT, META_FILE, checkpoint_meta
 
 if TYPE_CHECKING:
+    from lmforge.tokenizers import BPETokenizer
     from lmforge.tokenizers.base import Tokenizer
 
 
@@ -46,3 +50,15 @@ def load_checkpoint(
             "(convert the model with its tokenizer, or train it with lmforge)",
         )
     return GPT.from_checkpoint(ckpt_dir).eval(), tokenizer, meta
+
+
+def load_gguf(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[GPT, BPETokenizer | None, dict[str, Any]]:
+    """A llama.cpp GGUF file -> (model in eval mode, its tokenizer or None, meta), every tensor dequantized
+    to `dtype`; meta is ready for `GPT.save_checkpoint(meta=...)` (see `gguf.GGUFContents`)."""
+    from lmforge.models.gguf import read_gguf
+
+    contents = read_gguf(path, dtype=dtype)
+    model = GPT.from_tensors(contents.config, contents.tensors, dtype=dtype, source=path)
+    return model, contents.tokenizer, contents.meta

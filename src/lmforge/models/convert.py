@@ -28,6 +28,7 @@ import torch
 
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_write_json, load_safetensors, read_json, save_safetensors
+from lmforge.models.config import LLAMA_BLOCK
 from lmforge.models.gpt import GPT, GPTConfig
 
 # Conv1D weights: (in, out) in HF, (out, in) in nn.Linear
@@ -187,15 +188,6 @@ def to_hf_gpt2(model: GPT, directory: str | Path, *, eot_id: int | None = None) 
 
 # ---------------------------------------------------------------------------------------------------
 # Llama
-
-LLAMA_BLOCK = {
-    "pos_encoding": "rope",
-    "norm": "rmsnorm",
-    "norm_placement": "pre",
-    "mlp": "swiglu",
-    "bias": False,
-    "attn_only": False,
-}
 
 
 def _llama_names(c: GPTConfig) -> list[tuple[str, str]]:

@@ -7,7 +7,8 @@ Q4_1: 32 4-bit values with a scale and a minimum; the K-quants: 256-value super-
 parsed, and quantized blocks dequantized to float32, with the `gguf` package (llama.cpp's own Python
 reader/writer, `gguf.quants`); any type it cannot dequantize is a FormatError naming the tensor.
 
-Reading (`load_gguf`) maps two architectures onto `GPTConfig`:
+Reading (`read_gguf`; `GPT.from_gguf` and `checkpoints.load_gguf` build the model from what it returns)
+maps two architectures onto `GPTConfig`:
   llama  rotary positions with `llama.rope.freq_base`, RMSNorm with `...layer_norm_rms_epsilon`, SwiGLU,
          grouped-query attention, no biases, tied embeddings when the file has no `output.weight`,
          block_size = `llama.context_length`;
@@ -20,7 +21,7 @@ which fails with the rows in the wrong order).
 The tokenizer comes from `lmforge.tokenizers.gguf_vocab`; `tokenizer.chat_template` (Jinja) is returned
 as a string, rendered by `lmforge.inference.chat_template`.
 
-Writing (`save_gguf`) takes a Llama-style lmforge GPT (as `convert.py`'s `LLAMA_BLOCK`) to `llama` and a
+Writing (`save_gguf`) takes a Llama-style lmforge GPT (`config.LLAMA_BLOCK`) to `llama` and a
 GPT-2-style one to `gpt2`, as f32, f16 or q8_0 (matrices whose rows are a multiple of 32 long are
 quantized; norms, biases and other rows stay f32, as llama.cpp's converter does), with the tokenizer,
 its bos/eos/pad roles and the chat template, laid out as llama.cpp's converter lays out its files.
@@ -33,7 +34,8 @@ References: ggml's docs/gguf.md; llama.cpp `convert_hf_to_gguf.py` (`LlamaModel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,26 +44,17 @@ import torch
 
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_path
-from lmforge.models.convert import LLAMA_BLOCK
-from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.config import GPT2_BLOCK, LLAMA_BLOCK, GPTConfig
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from lmforge.tokenizers import BPETokenizer
 
 ARCHITECTURES = ("llama", "gpt2")
 DTYPES = ("f32", "f16", "q8_0")
 MAGIC = b"GGUF"
 JINJA_TEMPLATE_KEY = "chat_template_jinja"  # in a checkpoint's meta.json
-
-# lmforge options of GPT-2's block (a GPT with all of these, and with LLAMA_BLOCK's, is written as that)
-GPT2_BLOCK = {
-    "pos_encoding": "learned",
-    "norm": "layernorm",
-    "norm_placement": "pre",
-    "mlp": "gelu",
-    "bias": True,
-}
-
 
 # ---------------------------------------------------------------------------------------------------
 # q/k row order
@@ -266,35 +259,29 @@ def read_gguf_weights(
         raise FormatError(path, f"unexpected GGUF tensors for a {arch} model: {', '.join(leftover[:5])}")
 
 
-def _build_model(
-    config: GPTConfig, tensors: Iterable[tuple[str, torch.Tensor]], path: Path, dtype: torch.dtype
-) -> GPT:
-    """A GPT of `config` in `dtype` with every parameter copied from `tensors` (the tied head excepted)."""
-    model = GPT(config).to(dtype)  # built and cast before the weights are read: the lower peak of memory
-    parameters = model.state_dict()  # name -> the parameter's tensor, filled in place
-    with torch.no_grad():
-        for name, tensor in tensors:
-            expected = tuple(parameters[name].shape)
-            if tuple(tensor.shape) != expected:
-                raise FormatError(
-                    path, f"{name}: shape {tuple(tensor.shape)} does not fit the config {expected}"
-                )
-            parameters[name].copy_(tensor)
-    return model.eval()
+@dataclass
+class GGUFContents:
+    """What a GGUF file holds, in lmforge's terms; `GPT.from_tensors(config, tensors)` builds the model.
 
-
-def load_gguf(
-    path: str | Path, *, dtype: torch.dtype = torch.float32
-) -> tuple[GPT, BPETokenizer | None, dict[str, Any]]:
-    """(model, tokenizer, meta) of a llama or gpt2 GGUF file, every tensor dequantized to `dtype`.
-
-    meta is ready for `GPT.save_checkpoint(meta=...)`: "converted_from" ("gguf-llama"), "gguf" (the
-    file's general.* name and file type), and when the file has them "tokenizer" (its to_dict()),
+    tensors: lmforge's (name, tensor) pairs, dequantized lazily one at a time (so a caller that copies
+    them into a model never holds a second copy of the weights); read them once.
+    meta: ready for `GPT.save_checkpoint(meta=...)`: "converted_from" ("gguf-llama"), "gguf" (the file's
+    general.* name and file type), and when the file has them "tokenizer" (its to_dict()),
     "tokenizer_fingerprint", "bos_token" / "eos_token" / "pad_token" (token strings) and
     "chat_template_jinja" (`tokenizer.chat_template`'s Jinja source; a key of its own because meta.json's
-    "chat_template" is lmforge's simpler per-role format). The tokenizer is None for a file without
-    tokenizer metadata.
+    "chat_template" is lmforge's simpler per-role format).
     """
+
+    config: GPTConfig
+    tensors: Iterator[tuple[str, torch.Tensor]]
+    tokenizer: BPETokenizer | None  # None for a file without tokenizer metadata
+    meta: dict[str, Any]
+
+
+def read_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> GGUFContents:
+    """The config, tokenizer and metadata of a llama or gpt2 GGUF file, and its weights to be read as
+    `dtype`. Everything but the weights is read and validated here: a bad tokenizer or template fails
+    before the slow part."""
     from lmforge.tokenizers.gguf_vocab import tokenizer_from_gguf
 
     path = Path(path)
@@ -320,9 +307,8 @@ def load_gguf(
         if not isinstance(template, str):
             raise FormatError(path, "GGUF tokenizer.chat_template is not a string")
         meta[JINJA_TEMPLATE_KEY] = template
-    # the weights last: a bad tokenizer or template fails before the slow part
-    model = _build_model(config, read_gguf_weights(reader, config, arch, path, dtype=dtype), path, dtype)
-    return model, tokenizer, meta
+    tensors = read_gguf_weights(reader, config, arch, path, dtype=dtype)
+    return GGUFContents(config=config, tensors=tensors, tokenizer=tokenizer, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -362,7 +348,7 @@ def _add_tensor(writer: Any, name: str, tensor: torch.Tensor, dtype: str) -> Non
 
 
 def save_gguf(
-    model: GPT,
+    model: nn.Module,
     path: str | Path,
     *,
     dtype: str = "f32",
@@ -371,7 +357,8 @@ def save_gguf(
     chat_template: str | None = None,
     name: str = "lmforge",
 ) -> str:
-    """Write `model` as a GGUF file llama.cpp can run; returns the architecture ("llama" or "gpt2").
+    """Write `model` (an lmforge GPT: its `config` and `state_dict()`) as a GGUF file llama.cpp can run;
+    returns the architecture ("llama" or "gpt2").
 
     dtype: "f32", "f16" or "q8_0" for the matrices (see `_add_tensor`). tokenizer/roles: see
     `gguf_tokenizer_metadata`; without a tokenizer the file holds no vocabulary (lmforge reads it, llama.cpp
