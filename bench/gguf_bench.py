@@ -8,8 +8,9 @@ time to first token (prefill + one token) and decoding tokens/s for a batch-1 gr
 --new-tokens tokens (lmforge's `Engine`; transformers' `generate` with its KV cache, the model loaded
 with `GgufConfig(dequantize=True)`: plain Linear layers, as lmforge has). Load time and peak resident
 memory are measured in a fresh interpreter per peer (memory freed by one load would otherwise hide the
-next one's). llama.cpp itself is not run: building llama-cpp-python takes longer than this shared
-machine can spare.
+next one's). llama.cpp itself runs too when `llama-cpp-python` is installed (the `bench-llama` extra,
+built from source: about 11 minutes here): on the same file with its own quantized kernels (Q4_1 is not
+dequantized there), the same prompt ids and greedy decoding, with as many threads as torch uses.
 
 Run: .venv/bin/python bench/gguf_bench.py [--new-tokens 128 --repeats 2 --dtypes bf16,fp32]
 """
@@ -101,6 +102,19 @@ def main() -> None:
         total = time.perf_counter() - start
         return first, (n - 1) / (total - first), out
 
+    def run_llama(llm, n: int) -> tuple[float, float, list[int]]:
+        """The same measurement on llama.cpp: greedy (top_k=1, no penalties), KV cache reset per run."""
+        llm.reset()
+        start = time.perf_counter()
+        out, first = [], 0.0
+        for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if not out:
+                first = time.perf_counter() - start
+            out.append(token)
+            if len(out) == n:
+                break
+        return first, (n - 1) / (time.perf_counter() - start - first), out
+
     n = args.new_tokens
     print(f"batch 1, greedy, prompt {len(ids)} tokens, {n} new tokens, best of {args.repeats}, all four "
           "models alternating in this process; shared machine")  # fmt: skip
@@ -108,6 +122,9 @@ def main() -> None:
     for name in args.dtypes.split(","):
         runners["transformers", name] = (run_theirs, load_theirs(dtypes[name]))
         runners["lmforge", name] = (run_ours, Engine(load_ours(dtypes[name])[0]))
+    llama = load_llama(path, torch.get_num_threads())
+    if llama is not None:
+        runners["llama.cpp", "q4_1"] = (run_llama, llama)
     best = {key: [1e9, 0.0] for key in runners}  # TTFT s, decode tok/s
     outputs = {}
     for run, model in runners.values():
@@ -120,6 +137,14 @@ def main() -> None:
     baseline = best.get(("transformers", "fp32"), [0.0, 0.0])[1]
     for (peer, name), (first, rate) in best.items():
         seconds, peak, before = load_in_fresh_process(peer, name)
+        if peer == "llama.cpp":
+            memory = f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
+            print(f"  {peer:12s} {name}  decode {rate:5.1f} tok/s  TTFT {1000 * first:5.0f} ms  "
+                  f"load {seconds:5.1f} s  {memory}")  # fmt: skip
+            for ours in (key for key in best if key[0] == "lmforge"):
+                print(f"  lmforge {ours[1]} / llama.cpp: decode {best[ours][1] / rate:4.2f}x, "
+                      f"TTFT {first / best[ours][0]:4.2f}x (above 1: lmforge faster)")  # fmt: skip
+            continue
         same_dtype = rate / best["transformers", name][1]
         vs_fp32 = f", {rate / baseline:4.2f}x transformers fp32" if baseline and name != "fp32" else ""
         memory = f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
@@ -132,6 +157,19 @@ def main() -> None:
             a == b for a, b in zip(outputs["lmforge", name], outputs["transformers", name], strict=True)
         )
         print(f"  {name}: greedy tokens equal to transformers': {same}/{n}")
+
+
+def load_llama(path, threads: int):
+    """llama.cpp's model on the same file, or None (with a note) when llama-cpp-python is missing."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp: not run (pip install the bench-llama extra to compare with it)")
+        return None
+    import llama_cpp
+
+    print(f"llama-cpp-python {llama_cpp.__version__}, {threads} threads, the GGUF file as it is (q4_1)")
+    return Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
 
 
 def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
@@ -155,6 +193,9 @@ before = status()["VmRSS"]
 start = time.perf_counter()
 if "{peer}" == "lmforge":
     load_gguf(path, dtype=dtype)
+elif "{peer}" == "llama.cpp":
+    from llama_cpp import Llama
+    Llama(model_path=str(path), n_ctx=1024, verbose=False)
 else:
     transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
         quantization_config=transformers.GgufConfig(dequantize=True))
