@@ -101,9 +101,17 @@ def init_world(*, device: str = "auto", timeout_s: float = 300.0) -> World:
     backend = "nccl" if cuda else "gloo"
     owns_group = not dist.is_initialized()  # a caller may have opened it (a test running several trainings)
     if owns_group:
+        timeout = timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
+        # torchrun keeps its store across restarts (--max-restarts): keys of the attempt that failed
+        # (e.g. the old rank 0's address) must not be read by the next one.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(
             backend,
-            timeout=timedelta(seconds=timeout_s),
+            store=dist.PrefixStore(f"lmforge-attempt-{attempt}", store),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
             device_id=chosen if cuda else None,
         )
     return World(rank, local_rank, world_size, chosen, backend, owns_group)
