@@ -186,3 +186,59 @@ def test_rank_killed_during_save_leaves_the_previous_checkpoint_and_torchrun_res
         "step_00000004",
     ]
     assert_same_run(tmp_path / "run", runs / "one")
+
+
+@pytest.mark.slow
+def test_lmforge_train_under_torchrun_end_to_end(tmp_path: Path, shakespeare_sample: str) -> None:
+    """`torchrun -m lmforge train` with the demo's model size (4 layers, 128 wide, 128-token windows,
+    16 sequences per step) on char-level Shakespeare, FSDP: rank 0 alone prints, and the consolidated
+    checkpoint is an ordinary one for `lmforge eval` and generation."""
+    from lmforge.data.dedup import DedupConfig
+    from lmforge.data.prepare import prepare
+    from lmforge.inference.text import generate
+    from lmforge.tokenizers import CharTokenizer
+
+    docs = [shakespeare_sample[i : i + 20_000] for i in range(0, 200_000, 20_000)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    data = tmp_path / "char"
+    prepare(
+        [str(tmp_path / "docs.jsonl")],
+        tokenizer=CharTokenizer.train(docs),
+        out=data,
+        dedup=DedupConfig(mode="none"),
+        val=0.2,
+        verbose=False,
+    )
+    settings = {
+        "model.n_layer": 4,
+        "model.n_head": 4,
+        "model.n_embd": 128,
+        "model.block_size": 128,
+        "model.dropout": 0.0,
+        "data.dir": data,
+        "train.out_dir": tmp_path / "run",
+        "train.max_iters": 6,
+        "train.batch_size": 8,
+        "train.eval_interval": 3,
+        "train.eval_batches": 3,
+        "train.log_interval": 3,
+        "train.parallel": "fsdp",
+        "train.device": "cpu",
+        "train.peak_tflops": 1.0,
+        "train.progress": "false",
+    }
+    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    done = torchrun("-m", "lmforge", "train", *overrides)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[:3000]
+    assert done.stdout.count("global batch 16 sequences = 8 per micro-batch") == 1  # rank 0 only
+    assert done.stdout.count("step 6: checkpoint") == 1
+    best = tmp_path / "run" / "checkpoints" / "best"
+    text = generate(best, "ROMEO", max_new_tokens=10, temperature=0.0)
+    assert len(text) == 10  # char-level: one character per token
+    scored = subprocess.run(
+        [sys.executable, "-m", "lmforge", "eval", "--ckpt", str(best)],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert scored.returncode == 0, scored.stderr
