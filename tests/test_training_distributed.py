@@ -130,9 +130,18 @@ def test_rank_zero_alone_reports_the_global_batch(runs: Path) -> None:
 
 
 def test_fsdp_checkpoint_is_sharded_and_consolidated(runs: Path) -> None:
-    """Two shard files (one per rank) plus one model.safetensors that the ordinary loader opens."""
+    """Two shard files, one per rank, that together hold the weights and both AdamW moments once and
+    split them about evenly (FSDP2 splits dim 0; DCP writes a replicated tensor, such as AdamW's scalar
+    step count, once), plus one model.safetensors that the ordinary loader opens."""
     ckpt = runs / "fsdp" / "checkpoints" / "step_00000004"
-    assert len(list((ckpt / "shards").glob("*.safetensors"))) == 2
+    shards = [load_safetensors(p) for p in sorted((ckpt / "shards").glob("*.safetensors"))]
+    assert len(shards) == 2
+    weights = load_safetensors(ckpt / "model.safetensors")
+    n_params = sum(t.numel() for t in weights.values())
+    steps = sum(1 for shard in shards for name in shard if name.endswith(".step"))
+    per_rank = [sum(t.numel() for t in shard.values()) for shard in shards]
+    assert sum(per_rank) == 3 * n_params + steps  # weights + exp_avg + exp_avg_sq, no copy
+    assert abs(per_rank[0] - per_rank[1]) < 0.1 * sum(per_rank)
     model, _, meta = load_checkpoint(ckpt, require_tokenizer=False)
     assert meta["model"] == "gpt"
     reference = final_weights(runs / "one")

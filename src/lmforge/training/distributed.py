@@ -34,6 +34,7 @@ References: PyTorch's DDP and FSDP2 (`torch.distributed.fsdp.fully_shard`) docum
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import uuid
@@ -186,23 +187,31 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 
 def shard_batches(
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: list[tuple[torch.Tensor, torch.Tensor]], *, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of evaluation batches: numbers rank, rank + W, ..., padded to the same count on
-    every rank with a copy of the first batch whose targets are all IGNORE_INDEX (scored as nothing, but
-    its forward keeps FSDP's collectives in step). Fewer batches than ranks: every rank takes them all.
-    Summing (loss x tokens) and tokens over the ranks then gives the single-process mean.
-    Example: 5 batches, 2 ranks -> rank 0 scores 0, 2, 4; rank 1 scores 1, 3 and one padding batch.
+    """This rank's share of evaluation batches: rows rank, rank + W, ... of all of them, in batches of
+    `batch_size`, padded to the same number of batches on every rank with a copy of the first row whose
+    targets are all IGNORE_INDEX (scored as nothing, but its forward keeps FSDP's collectives in step).
+    Fewer rows than ranks: every rank scores them all. Summing (loss x tokens) and tokens over the ranks
+    then gives the single-process mean over all rows.
+    Example: 2 batches of 3 rows (rows 0-5), 2 ranks, batch_size 2 -> rank 0 scores rows (0, 2), (4);
+    rank 1 scores rows (1, 3), (5).
     """
     from lmforge.models.gpt import IGNORE_INDEX
 
-    if not dist.is_initialized() or len(batches) < dist.get_world_size():
+    if not dist.is_initialized():
         return batches
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    mine = batches[rank::world_size]
-    x, y = batches[0]
-    padding = (x, torch.full_like(y, IGNORE_INDEX))
-    return mine + [padding] * (-(-len(batches) // world_size) - len(mine))
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])  # (N, T) each
+    if len(x) < world_size:
+        return batches
+    mine_x, mine_y = x[rank::world_size], y[rank::world_size]
+    count = math.ceil(math.ceil(len(x) / world_size) / batch_size)  # batches of the rank with the most rows
+    mine = [
+        (mine_x[i : i + batch_size], mine_y[i : i + batch_size]) for i in range(0, len(mine_x), batch_size)
+    ]
+    padding = (x[:1], torch.full_like(y[:1], IGNORE_INDEX))
+    return mine + [padding] * (count - len(mine))
 
 
 def barrier(world: World) -> None:

@@ -598,13 +598,19 @@ def train_from_config(
     autocast = autocast_for(device, resolve_precision(train.precision, device))
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        T, B = model_config.block_size, train.batch_size
+        # The windows of the global batch size, so every world size scores the same sample of the split.
+        T, B = model_config.block_size, train.batch_size * env_world_size()
         if train.eval_batches:  # a fixed sample spread over the whole split, not just its first document
             windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
         else:
             windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
         return evaluate_on_ranks(
-            m, windows, device=device, autocast=autocast, bytes_per_token=bytes_per_token
+            m,
+            windows,
+            device=device,
+            batch_size=train.batch_size,
+            autocast=autocast,
+            bytes_per_token=bytes_per_token,
         )
 
     checkpoint_meta = {
@@ -629,13 +635,15 @@ def evaluate_on_ranks(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     device: torch.device,
+    batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     bytes_per_token: float | None = None,
 ) -> dict[str, float]:
     """`evaluate_lm` (loss, ppl, accuracy, bpb) over `batches`, split over the ranks of a torchrun job.
 
-    Each rank scores its share (`distributed.shard_batches`); the sums loss x tokens, correct and tokens
-    over the ranks then give exactly the single-process figures (up to float summation order).
+    Each rank scores its share of the rows in batches of `batch_size` (`distributed.shard_batches`); the
+    sums loss x tokens, correct and tokens over the ranks then give exactly the single-process figures
+    (up to float summation order).
     """
     from lmforge.evaluation.metrics import evaluate_lm, perplexity
 
@@ -645,7 +653,8 @@ def evaluate_on_ranks(
         )
         metrics.pop("tokens")
         return metrics
-    local = evaluate_lm(model, shard_batches(list(batches)), device=device, autocast=autocast)
+    mine = shard_batches(list(batches), batch_size=batch_size)
+    local = evaluate_lm(model, mine, device=device, autocast=autocast)
     n = local["tokens"]
     loss_sum, correct, tokens = all_reduce_sum([local["loss"] * n, local["accuracy"] * n, n])
     loss = loss_sum / tokens
