@@ -25,12 +25,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import distributed_worker
+from lmforge.data.datasets import RandomWindows
+from lmforge.errors import ConfigError
 from lmforge.fileio import load_safetensors
 from lmforge.models.checkpoints import load_checkpoint
+from lmforge.training.distributed import resolve_parallel
 
 WORKER = Path(distributed_worker.__file__)
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -73,6 +77,50 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=5e-5, msg=name)
+
+
+def test_a_step_draws_the_same_windows_for_every_split_of_the_global_batch() -> None:
+    """Global batch 4: 2 ranks x 2, 1 rank x 4, 1 rank x 2 x 2 accumulation, 2 ranks x 1 x 2 accumulation
+    all take the same 4 windows at each step, in the same order when read rank-major per micro-batch."""
+    data = np.arange(1000)
+
+    def step_windows(world: int, batch: int, accum: int, step: int) -> list[list[int]]:
+        sources = [
+            RandomWindows(
+                data, block_size=8, batch_size=batch, seed=3, rank=r, world_size=world, accum_steps=accum
+            )
+            for r in range(world)
+        ]
+        return [
+            row[:1].tolist() for j in range(accum) for s in sources for row in s.batch_at(step * accum + j)[0]
+        ]
+
+    for step in (0, 5):
+        reference = step_windows(1, 4, 1, step)
+        assert step_windows(2, 2, 1, step) == reference
+        assert step_windows(1, 2, 2, step) == reference
+        assert step_windows(2, 1, 2, step) == reference
+    assert step_windows(1, 4, 1, 0) != step_windows(1, 4, 1, 1)
+
+
+def test_resuming_with_another_accumulation_continues_at_the_same_optimizer_step() -> None:
+    """6 micro-batches drawn with accumulation 2 = 3 optimizer steps; with accumulation 3 the next
+    micro-batch is number 3 x 3 = 9, the first of optimizer step 3."""
+    source = RandomWindows(np.arange(1000), block_size=8, batch_size=2, seed=0, accum_steps=2)
+    for _ in range(6):
+        source.next_batch()
+    resumed = RandomWindows(np.arange(1000), block_size=8, batch_size=2, seed=0, accum_steps=3)
+    resumed.load_state_dict(source.state_dict())
+    assert resumed.step == 9
+
+
+def test_parallel_choice() -> None:
+    assert resolve_parallel("auto", 1) == "none"
+    assert resolve_parallel("fsdp", 1) == "none"  # a 2-process config resumed on one process
+    assert resolve_parallel("auto", 4) == "ddp"
+    assert resolve_parallel("fsdp", 4) == "fsdp"
+    with pytest.raises(ConfigError, match="unrelated models"):
+        resolve_parallel("none", 2)
 
 
 @pytest.fixture(scope="module")
