@@ -83,7 +83,7 @@ def train_run(run: dict) -> None:
 
 
 if __name__ == "__main__":
-    world = init_world(device="cpu", timeout_s=60)
+    world = init_world(device=torch.device("cpu"), timeout_s=60)
     for run in json.loads(Path(sys.argv[1]).read_text()):
         train_run(run)
     close_world(world)

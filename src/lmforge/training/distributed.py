@@ -77,25 +77,18 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
-def init_world(*, device: str = "auto", timeout_s: float = 300.0) -> World:
+def init_world(*, device: torch.device, timeout_s: float = 600.0) -> World:
     """Join the job torchrun started (or describe the lone process without torchrun).
 
-    `device` is `train.device`: "auto" or "cuda" gives each rank `cuda:<LOCAL_RANK>` on a GPU machine;
-    "cpu" keeps every rank on the CPU. A collective that waits longer than `timeout_s` (a rank died or
-    raised) fails on the ranks still alive instead of hanging them.
+    `device` is `train.device` resolved: a CUDA device gives each rank `cuda:<LOCAL_RANK>`; the CPU keeps
+    every rank on the CPU. A collective that waits longer than `timeout_s` (a rank died or raised) fails
+    on the ranks still alive instead of hanging them.
     """
     world_size = env_world_size()
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ConfigError(f"train.device={device!r} is not a torch device; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={device!r} is invalid; this machine has no CUDA device, use auto or cpu"
-        )
     if world_size == 1:
-        chosen = torch.device(device if device != "auto" else ("cuda" if cuda else "cpu"))
-        return World(rank=0, local_rank=0, world_size=1, device=chosen, backend=None)
+        return World(rank=0, local_rank=0, world_size=1, device=device, backend=None)
+    cuda = device.type == "cuda"
     chosen = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(chosen)

@@ -502,8 +502,13 @@ def run_training(
     Under torchrun, rank 0 alone owns the run directory; a job that torchrun restarts after a failure
     (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0) continues from the newest checkpoint.
     """
-    world = init_world(device=config.train.device, timeout_s=config.train.dist_timeout)
+    world = init_world(device=resolve_device(config.train.device), timeout_s=config.train.dist_timeout)
     try:
+        if world.world_size > 1 and getattr(batches, "world_size", 1) != world.world_size:
+            raise ConfigError(
+                f"this training's batches are not split over the {world.world_size} processes (every rank "
+                "would train on the same data); run it as a single process, without torchrun"
+            )
         parallel = resolve_parallel(config.train.parallel, world.world_size)
         model = model.to(world.device)
         precision = resolve_precision(config.train.precision, world.device)
