@@ -223,13 +223,6 @@ def broadcast_from_main(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True for a model whose parameters FSDP2 has sharded."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 # ---------------------------------------------------------------- checkpoint tensors
 
 
@@ -261,7 +254,9 @@ def _flat_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
     return flat, model_sd, optim_sd
 
 
-def save_sharded(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def save_sharded(
+    directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> list[dict[str, Any]]:
     """Every rank writes its shards of model and optimizer into `directory/shards/` (collective).
     Returns the optimizer's param_groups (hyper-parameters, JSON-serialisable) for trainer_state.json."""
     import torch.distributed.checkpoint as dcp
@@ -282,7 +277,11 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_into(
-    ckpt_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, param_groups: list | None
+    ckpt_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    param_groups: list[dict[str, Any]] | None,
 ) -> None:
     """Load a checkpoint written by any number of ranks (shards/) or by one process (model.safetensors
     and optimizer.safetensors) into `model` and `optimizer`, however they are sharded now. Called by
