@@ -42,7 +42,7 @@ STEPS = {"max_iters": 4, "eval_interval": 2}
 
 
 def torchrun(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node 2 ARGS` with one thread per process and our source first."""
     environment = {
