@@ -235,6 +235,7 @@ def test_rank_killed_during_save_leaves_the_previous_checkpoint_and_torchrun_res
         env={"LMFORGE_FAULT": "checkpoint:shards-written-rank1@2"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "exitcode: -9" in done.stderr  # torchrun saw rank 1 die and stopped rank 0, then restarted
     assert "torchrun restart 1: continuing from" in done.stdout
     assert "step_00000002" in done.stdout.split("torchrun restart 1: continuing from")[1].splitlines()[0]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
