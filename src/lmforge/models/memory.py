@@ -33,10 +33,11 @@ block ahead of the one computing, keeps the root module's parameters (embeddings
 unsharded through forward and backward, and holds a block's and the root's full gradients until they
 are reduce-scattered. A single process has no such buffers.
 
-Does not model: the process itself (interpreter, torch libraries, CUDA context, NCCL buffers: around
-0.4 GB per process on a CPU, more on a GPU), allocator caching and fragmentation, dropout masks and
-the T x T attention weights SDPA keeps when dropout is on, temporaries inside a kernel, and tensor or
-pipeline parallelism. It is arithmetic on a configuration: no model is built except on the meta device.
+Does not model: the process itself (interpreter, torch libraries, CUDA context, NCCL buffers; the CPU
+figure is measured beside the planner's in BENCHMARKS.md), allocator caching and fragmentation, dropout
+masks and the T x T attention weights SDPA keeps when dropout is on, temporaries inside a kernel or the
+optimizer step, and tensor or pipeline parallelism. It is arithmetic on a configuration: no model is
+built except on the meta device.
 """
 
 from __future__ import annotations
