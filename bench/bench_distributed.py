@@ -3,8 +3,8 @@ planner's figures against measured peaks.
 
 python bench/bench_distributed.py [--preset cpu-medium --batch 8 --steps 6 --rounds 2]
     Trains lmforge's GPT with AdamW (fp32, random tokens, the same global batch of `--batch` sequences)
-    three ways, each launched as its own job:
-      one process, 2 threads, no wrapper (OMP_NUM_THREADS=2);
+    four ways, each launched as its own job:
+      one process, 2 threads, no wrapper (OMP_NUM_THREADS=2), and the same with 1 thread;
       2 processes x 1 thread, DDP over gloo (torchrun --standalone --nproc_per_node 2, batch/2 per rank);
       2 processes x 1 thread, FSDP2 `fully_shard` per block and at the root, gloo.
     Reports tokens/s (global), the step time, and for DDP the communication share of a step: the step
@@ -12,10 +12,12 @@ python bench/bench_distributed.py [--preset cpu-medium --batch 8 --steps 6 --rou
     all-reduce of a tensor the size of the gradients. Jobs alternate over `--rounds`; the best round of
     each is kept, since the machine is shared.
     Memory: each process reads its resident set (VmRSS) once the process group is up and the batch is
-    built (its baseline: interpreter, torch, gloo), resets the high-water mark after building the model
-    and optimizer (clear_refs), trains, and reads the high-water mark (VmHWM). Reported per rank:
-    the baseline, the peak above that baseline, and `lmforge.models.memory.plan_memory` for the same
-    preset, strategy, world size and per-rank batch.
+    built ("at start": interpreter, torch, gloo), then trains the "tiny" preset for two steps with the
+    same wrapper to warm the runtime up (kernels' code pages, autograd and gloo threads, allocator
+    arenas) and reads it again: the baseline. It builds the real model and optimizer, resets the
+    high-water mark (clear_refs), trains, and reads the high-water mark (VmHWM). Reported per rank: both
+    readings, the peak above the baseline, and `lmforge.models.memory.plan_memory` for the same preset,
+    strategy, world size and per-rank batch.
 
 python bench/bench_distributed.py --worker ddp|fsdp|none ...
     One job (what the driver launches; under torchrun for ddp and fsdp). Prints one JSON line on rank 0.
@@ -158,9 +160,16 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps(result), flush=True)
 
 
-def run_job(job: str, args: argparse.Namespace) -> dict:
+JOBS = {  # name: (worker, threads per process)
+    "1 process x 2 threads": ("none", 2),
+    "1 process x 1 thread": ("none", 1),
+    "DDP, 2 processes x 1 thread": ("ddp", 1),
+    "FSDP2, 2 processes x 1 thread": ("fsdp", 1),
+}
+
+
+def run_job(job: str, threads: int, args: argparse.Namespace) -> dict:
     """Launch one job (torchrun for 2 processes) and return rank 0's JSON line."""
-    threads = 2 if job == "none" else 1
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
     script = [str(Path(__file__).resolve()), "--worker", job, "--threads", str(threads)]
     script += ["--preset", args.preset, "--batch", str(args.batch), "--steps", str(args.steps)]
@@ -194,44 +203,38 @@ def main() -> None:
         return
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
-        for job in ("none", "ddp", "fsdp"):
-            result = run_job(job, args)
-            print(json.dumps(result), flush=True)
-            if job not in best or result["step_s"] < best[job]["step_s"]:
-                best[job] = result
+        for name, (job, threads) in JOBS.items():
+            result = run_job(job, threads, args)
+            print(name, json.dumps(result), flush=True)
+            if name not in best or result["step_s"] < best[name]["step_s"]:
+                best[name] = result
     from lmforge.models import GPTConfig
 
-    tokens = args.batch * GPTConfig.preset(args.preset).block_size
-    names = {
-        "none": "1 process x 2 threads",
-        "ddp": "DDP, 2 processes x 1 thread",
-        "fsdp": "FSDP2, 2 x 1 thread",
-    }
-    print(
-        f"\n{args.preset}, fp32 AdamW, global batch {args.batch} x {tokens // args.batch} = {tokens} tokens"
-    )
+    T = GPTConfig.preset(args.preset).block_size
+    tokens = args.batch * T
+    print(f"\n{args.preset}, fp32 AdamW, global batch {args.batch} x {T} = {tokens} tokens per step")
     print("| run | step | tokens/s | communication |")
     print("|---|---|---|---|")
-    for job, r in best.items():
+    for name, r in best.items():
         comm = "-"
-        if job == "ddp":
+        if r["job"] == "ddp":
             share = 1 - r["step_no_sync_s"] / r["step_s"]
             comm = (
                 f"step without all-reduce {r['step_no_sync_s'] * 1000:.0f} ms ({share:.0%} of the step); "
                 f"bare all-reduce of the gradients {r['allreduce_s'] * 1000:.0f} ms"
             )
-        print(f"| {names[job]} | {r['step_s'] * 1000:.0f} ms | {tokens / r['step_s']:,.0f} | {comm} |")
+        print(f"| {name} | {r['step_s'] * 1000:.0f} ms | {tokens / r['step_s']:,.0f} | {comm} |")
     print(
-        "\n| run | batch/rank | baseline per rank | measured peak above it | planned | measured / planned |"
+        "\n| run | batch/rank | RSS at start / after warm-up, per rank | peak above that | planned | ratio |"
     )
     print("|---|---|---|---|---|---|")
-    for job, r in best.items():
+    for name, r in best.items():
         ranks = r.get("ranks", [r])
         peak = max(rank["peak_above_baseline"] for rank in ranks)
         base = ", ".join(f"{_mib(rank['started'])} / {_mib(rank['baseline'])}" for rank in ranks)
         parts = ", ".join(f"{k} {_mib(v)}" for k, v in r["planned_parts"].items() if v)
         print(
-            f"| {names[job]} | {r['batch_per_rank']} | {base} | {_mib(peak)} "
+            f"| {name} | {r['batch_per_rank']} | {base} | {_mib(peak)} "
             f"| {_mib(r['planned'])} ({parts}) | {peak / r['planned']:.2f} |"
         )
 
