@@ -7,6 +7,7 @@ with a sliding context for long samples. `lmforge generate` exposes every option
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -15,9 +16,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a GPT on a prepared dataset (config file + overrides)",
         description="Train a GPT from a TOML config. The run directory (train.out_dir) receives config.toml, "
-        "metrics.csv, events/ (TensorBoard), plots/*.png and checkpoints/.",
-        epilog="example: lmforge train --config configs/shakespeare-char.toml --set train.max_iters=500 "
-        "--set optim.lr=3e-4",
+        "metrics.csv,\nevents/ (TensorBoard), plots/*.png and checkpoints/. Under torchrun every process "
+        "runs this same\ncommand: DDP or FSDP2 by train.parallel, the global batch is "
+        "batch_size x grad_accum_steps x processes.",
+        epilog="examples:\n"
+        "  lmforge train --config configs/shakespeare-char.toml --set train.max_iters=500 "
+        "--set optim.lr=3e-4\n"
+        "  torchrun --standalone --nproc_per_node 2 -m lmforge train --config configs/shakespeare-char.toml "
+        "--set train.parallel=fsdp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="TOML", help="config file, e.g. configs/shakespeare-char.toml")
     p.add_argument(
@@ -133,6 +140,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(to_toml(config), end="")
         return 0
     result = train_from_config(config, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports for the job
+        return 0
     print(f"done: {result.step} steps ({result.stopped}), last train loss {result.train_loss:.4f}", end="")
     if result.best_eval_loss is not None and (result.run_dir / "checkpoints/best").is_dir():
         print(f", best {config.data.eval_split} loss {result.best_eval_loss:.4f} (checkpoints/best)", end="")

@@ -77,6 +77,13 @@ class RandomWindows(_ReopenMemmap, IterableDataset):
     Example: 1,000 tokens, block_size=8 -> start offsets are drawn from [0, 991], so the last possible
     window is tokens[991:1000] (9 tokens: x = tokens[991:999], y = tokens[992:1000]).
 
+    Sharding: the windows of one optimizer step are a single draw of `world_size * accum_steps *
+    batch_size` offsets from `(seed, step // accum_steps)`; micro-batch j of rank r takes the slice number
+    `j * world_size + r`. So the union over ranks and micro-batches of one step is the same set of windows
+    for every split of the same global batch: 2 ranks x 4 sequences, 1 rank x 8, or 1 rank x 4 sequences
+    x 2 accumulation steps draw identical steps. Example: world_size=2, accum_steps=2, batch_size=3 -> 12
+    offsets per step; rank 1's second micro-batch is offsets [9:12].
+
     As an IterableDataset (`DataLoader(windows, batch_size=None, num_workers=k)`) it yields batches
     `step, step + 1, ...` forever; worker i makes the batches with `step % k == i` and the DataLoader
     returns them in order, so the stream is identical to calling `next_batch()` repeatedly. Iterating
@@ -92,9 +99,13 @@ class RandomWindows(_ReopenMemmap, IterableDataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        accum_steps: int = 1,
     ):
-        if block_size < 1 or batch_size < 1:
-            raise ConfigError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}")
+        if block_size < 1 or batch_size < 1 or accum_steps < 1:
+            raise ConfigError(
+                f"block_size, batch_size and accum_steps must be >= 1, got {block_size}, {batch_size} "
+                f"and {accum_steps}"
+            )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         _check_tokens(tokens, block_size + 1, "RandomWindows")
@@ -104,15 +115,18 @@ class RandomWindows(_ReopenMemmap, IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.step = 0  # batches drawn so far; the whole resumable state
+        self.accum_steps = accum_steps
+        self.step = 0  # micro-batches drawn so far; the whole resumable state
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch number `step` for this rank (does not change `self.step`)."""
-        T = self.block_size
-        rng = np.random.Generator(np.random.PCG64([self.seed, step]))
-        # One global batch of world_size * batch_size offsets; this rank takes its own contiguous slice.
-        starts = rng.integers(0, len(self.tokens) - T, size=self.world_size * self.batch_size)
-        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        """The micro-batch number `step` for this rank (does not change `self.step`)."""
+        T, B = self.block_size, self.batch_size
+        optimizer_step, micro = divmod(step, self.accum_steps)
+        rng = np.random.Generator(np.random.PCG64([self.seed, optimizer_step]))
+        # One global batch of the whole step; this rank's micro-batch is its own contiguous slice.
+        starts = rng.integers(0, len(self.tokens) - T, size=self.accum_steps * self.world_size * B)
+        first = (micro * self.world_size + self.rank) * B
+        starts = starts[first : first + B]
         windows = self.tokens[starts[:, None] + np.arange(T + 1)]  # (B, T+1) gathered from the memmap
         windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # x, y: (B, T)
@@ -131,13 +145,15 @@ class RandomWindows(_ReopenMemmap, IterableDataset):
             "block_size": self.block_size,
             "batch_size": self.batch_size,
             "world_size": self.world_size,
+            "accum_steps": self.accum_steps,
             "num_tokens": len(self.tokens),
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from a saved position. A different seed, block_size or split would silently change
-        every later batch, so those raise; batch_size and world_size may change (draws continue from
-        the saved step with the new shape)."""
+        every later batch, so those raise; batch_size, world_size and accum_steps may change (draws
+        continue from the saved optimizer step with the new shape: the same windows when the global batch
+        world_size * accum_steps * batch_size is the same)."""
         try:
             step = int(state["step"])
         except (KeyError, TypeError, ValueError):
@@ -150,7 +166,11 @@ class RandomWindows(_ReopenMemmap, IterableDataset):
                 )
         if step < 0:
             raise ConfigError(f"RandomWindows state has a negative step ({step})")
-        self.step = step
+        saved_accum = state.get("accum_steps", 1)
+        if not isinstance(saved_accum, int) or saved_accum < 1:
+            raise ConfigError(f"RandomWindows state has an invalid accum_steps ({saved_accum!r})")
+        same = saved_accum == self.accum_steps  # else: from the start of the saved optimizer step
+        self.step = step if same else step // saved_accum * self.accum_steps
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()

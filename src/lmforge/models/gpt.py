@@ -390,11 +390,18 @@ class GPT(nn.Module):
 
     # --- checkpoints --------------------------------------------------------------------------------
 
-    def save_checkpoint(self, directory: str | Path, *, meta: dict[str, Any] | None = None) -> None:
+    def save_checkpoint(
+        self,
+        directory: str | Path,
+        *,
+        meta: dict[str, Any] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Write `model.safetensors` and `meta.json` (format version, "model": "gpt", config, **meta)
-        atomically. A tied LM head is stored once (as the token embedding)."""
+        atomically. A tied LM head is stored once (as the token embedding). `state_dict` replaces this
+        module's own tensors, for a model whose parameters are shards (the gathered full state)."""
         directory = Path(directory)
-        tensors = dict(self.state_dict())
+        tensors = dict(self.state_dict() if state_dict is None else state_dict)
         if self.config.tie_embeddings:
             del tensors["lm_head.weight"]  # safetensors refuses shared storage; rebuilt by tying on load
         save_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})

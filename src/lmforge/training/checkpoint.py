@@ -20,7 +20,8 @@ checkpoint never holds non-finite values.
 
 Deliberately not here: the RNG states themselves (rng.py), loading a model to use it
 (`lmforge.models.checkpoints.load_checkpoint`), sharded (FSDP) checkpoints: this writes from rank 0
-with full tensors.
+with full tensors, distributed.py writes shards into the same directory layout and commits them through
+`CheckpointManager` (`recover`, `finish_save`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from lmforge.fileio import (
     save_safetensors,
 )
 from lmforge.models.checkpoints import load_checkpoint
+from lmforge.models.gpt import checkpoint_meta
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -215,6 +217,22 @@ def _check_same_config(ckpt_dir: Path, saved: nn.Module, model: nn.Module) -> No
         )
 
 
+def check_model_config(ckpt_dir: Path, model: nn.Module) -> None:
+    """`_check_same_config` from meta.json alone, for a resume that never builds the saved model (a
+    sharded checkpoint, whose weights go straight into the shards of this run's model)."""
+    mine = getattr(model, "config", None)
+    theirs = checkpoint_meta(ckpt_dir).get("config")
+    if mine is None or not hasattr(mine, "to_dict") or not isinstance(theirs, dict):
+        return
+    differing = [f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.to_dict().items() if theirs.get(k) != v]
+    if differing:
+        raise FormatError(
+            ckpt_dir / "meta.json",
+            f"the checkpoint's model differs from this run's ({'; '.join(differing)}); resume with the "
+            "model settings it was trained with, or start a new run",
+        )
+
+
 def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
     """Every saved per-parameter tensor must have its parameter's shape (torch does not check this, and a
     mismatch would only fail inside the next optimizer step)."""
@@ -239,6 +257,14 @@ def _check_optimizer_fits(path: Path, optim_sd: dict[str, Any], optimizer: torch
 
 
 # ---------------------------------------------------------------- a run's checkpoints
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (no copy of the bytes; checkpoint files are never modified), or a copy across devices."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 class CheckpointManager:
@@ -266,23 +292,25 @@ class CheckpointManager:
     def save(self, step: int, *, is_best: bool, **kwargs: Any) -> Path:
         """Save `step_<step>/` (kwargs as for `save_checkpoint`), refresh `best/` and prune old steps."""
         self.recover()
-        path = save_checkpoint(self.directory / f"step_{step:08d}", **kwargs)
+        path = save_checkpoint(self.step_dir(step), **kwargs)
+        self.finish_save(path, is_best=is_best)
+        return path
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / f"step_{step:08d}"
+
+    def finish_save(self, path: Path, *, is_best: bool) -> None:
+        """After `path` (a step checkpoint) is in place: copy it to `best/` if it is, prune old steps."""
         fault_point("checkpoint:before-best")
         if is_best:
             self._copy_to_best(path)
         for old in self.step_dirs()[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-        return path
 
     def _copy_to_best(self, source: Path) -> None:
         tmp = self.directory / f".best.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            tmp.mkdir()
-            for f in source.iterdir():
-                try:
-                    os.link(f, tmp / f.name)  # hard links: no copy of the bytes; files are never modified
-                except OSError:
-                    shutil.copy2(f, tmp / f.name)
+            shutil.copytree(source, tmp, copy_function=_link_or_copy)  # with a sharded one's shards/
             replace_dir(tmp, self.best)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

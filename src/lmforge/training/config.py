@@ -31,6 +31,7 @@ from lmforge.fileio import read_toml
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
+PARALLEL = ("auto", "none", "ddp", "fsdp")  # train.parallel; see training/distributed.py
 
 
 @dataclass
@@ -166,8 +167,14 @@ class TrainSection:
     precision: str = "auto"
     # wrap the model in torch.compile (slow first steps; often faster afterwards)
     compile: bool = False
-    # "auto" = cuda when available, else cpu; or an explicit torch device string
+    # "auto" = cuda when available, else cpu; or an explicit torch device string (under torchrun each
+    # process takes cuda:<LOCAL_RANK>)
     device: str = "auto"
+    # under torchrun: "ddp" (every rank holds the model), "fsdp" (FSDP2: parameters, gradients and
+    # optimizer states sharded over the ranks), "auto" = ddp; a single process always runs "none"
+    parallel: str = "auto"
+    # seconds a rank waits for the others in a collective before the job fails (a rank died or raised)
+    dist_timeout: int = 600
     # seed of python/numpy/torch RNGs and of the batch order
     seed: int = 1337
     # matmul peak of this machine in TFLOP/s for the MFU estimate; 0 = measure it at start (~1 s)
@@ -196,6 +203,13 @@ class TrainSection:
             value = getattr(self, name)
             check(is_int(value, low), f"{s}.{name}", value, f"use an integer >= {low}")
         check(self.precision in PRECISIONS, f"{s}.precision", self.precision, f"choose one of {PRECISIONS}")
+        check(self.parallel in PARALLEL, f"{s}.parallel", self.parallel, f"choose one of {PARALLEL}")
+        check(
+            is_int(self.dist_timeout, 1),
+            f"{s}.dist_timeout",
+            self.dist_timeout,
+            "use an integer >= 1 (seconds)",
+        )
         check(
             _nonneg(self.peak_tflops), f"{s}.peak_tflops", self.peak_tflops, "use a number >= 0 (0 = measure)"
         )

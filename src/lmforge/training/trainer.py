@@ -17,19 +17,23 @@ when masks make the micro-batches unequal (dividing each mean loss by k would no
 Then the global gradient norm is computed (and clipped), and the update is skipped if the loss or the
 norm is not finite; after `max_nonfinite_steps` such steps in a row the run stops with `TrainingDiverged`.
 
-Distributed-ready: no module-level state; `rank`/`world_size` decide who logs and checkpoints, and the
-batch source is expected to be sharded by rank (RandomWindows(rank=, world_size=)). Wrapping the model
-in DDP/FSDP (and all-reducing N across ranks) is not written yet: a world size above 1 is refused.
+Several processes (torchrun): `run_training` joins the process group and wraps the model in DDP or
+FSDP2 (distributed.py); the batch source is sharded by rank (RandomWindows(rank=, world_size=)). N is
+then the target count summed over all ranks, each rank's backward is scaled by world_size / N (DDP and
+FSDP average the gradients over ranks), and the gradients are reduced only after the last micro-batch.
+Rank 0 alone logs, writes metrics and plots; rank 0 writes full checkpoints under DDP, every rank writes
+its shards under FSDP (distributed.py).
 Deliberately not here: the losses themselves (objectives.py), sampling, checkpoint files (checkpoint.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,8 +43,29 @@ from torch import nn
 
 from lmforge.errors import ConfigError, FormatError, LmforgeError
 from lmforge.fileio import atomic_write_text
-from lmforge.training.checkpoint import CheckpointManager, restore_training_state
+from lmforge.training.checkpoint import (
+    CheckpointManager,
+    check_model_config,
+    load_trainer_state,
+    restore_training_state,
+)
 from lmforge.training.config import Config, OptimSection, TrainSection, to_toml
+from lmforge.training.distributed import (
+    SHARDS_DIR,
+    World,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    close_world,
+    env_world_size,
+    gradient_sync,
+    init_world,
+    load_into,
+    parallelize,
+    resolve_parallel,
+    save_sharded_checkpoint,
+    shard_batches,
+)
 from lmforge.training.logging import RunLogger, measure_matmul_peak
 from lmforge.training.objectives import Objective, causal_lm, count_targets
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
@@ -113,6 +138,7 @@ def accumulate_gradients(
     *,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     objective: Objective = causal_lm,
+    world_size: int = 1,
 ) -> float:
     """Forward + backward over micro-batches; returns the mean loss over all their scored targets.
 
@@ -120,22 +146,30 @@ def accumulate_gradients(
     targets do not count), so the accumulated gradients equal those of one batch made of all micro-batches.
     Example: n = (3, 1) target tokens with mean losses (2.0, 6.0) -> 3/4 * 2.0 + 1/4 * 6.0 = 3.0, the
     mean over the 4 tokens; the naive (2.0 + 6.0) / 2 = 4.0 would over-weight the short micro-batch.
+
+    With `world_size` W > 1 (a DDP or FSDP `model`), N and the loss are summed over the ranks and each
+    weight is W * n_i / N, because the gradient reduction averages over the W ranks: the result is the
+    gradient of the mean over every rank's targets. Only the last micro-batch's backward reduces; every
+    micro-batch runs its forward and backward on every rank, since both are collective under FSDP.
     """
     counts = [count_targets(y) for _, y in micro_batches]
-    total = sum(counts)
+    total = sum(counts) if world_size == 1 else all_reduce_sum([sum(counts)])[0]
     if total == 0:
         raise LmforgeError(
             "a training batch has no target tokens (every target is IGNORE_INDEX); check the batch source"
         )
     loss_sum = 0.0
-    for (x, y), n in zip(micro_batches, counts, strict=True):
-        if n == 0:  # its mean loss would be 0/0
+    last = len(micro_batches) - 1
+    for i, ((x, y), n) in enumerate(zip(micro_batches, counts, strict=True)):
+        if n == 0 and world_size == 1:  # its mean loss would be 0/0
             continue
-        with autocast():
-            loss = objective(model, x, y)
-        (loss * (n / total)).backward()
-        loss_sum += loss.item() * n
-    return loss_sum / total
+        with gradient_sync(model, enabled=i == last):  # DDP needs the forward inside too
+            with autocast():
+                loss = objective(model, x, y)
+            (loss * (n * world_size / total)).backward()  # n = 0: a zero gradient, to keep ranks in step
+        if n:
+            loss_sum += loss.item() * n
+    return loss_sum / total if world_size == 1 else all_reduce_sum([loss_sum])[0] / total
 
 
 # ---------------------------------------------------------------- the loop
@@ -166,15 +200,21 @@ class Trainer:
         evaluate: EvalFn | None = None,
         checkpoint_meta: dict[str, Any] | None = None,
         objective: Objective = causal_lm,
-        rank: int = 0,
-        world_size: int = 1,
+        world: World | None = None,
+        train_module: nn.Module | None = None,
     ):
-        self.device = resolve_device(train.device)
+        """`world` and `train_module` come from `run_training` under torchrun: this process's place in
+        the job and the module the step runs (`model` in DDP, or `model` itself sharded by FSDP2, whose
+        parameters `optimizer` must then hold). Without them: one process on `train.device`."""
+        self.world = world or World(0, 0, 1, resolve_device(train.device), None)
+        self.device = self.world.device
+        self.parallel = resolve_parallel(train.parallel, self.world.world_size)
         self.precision = resolve_precision(train.precision, self.device)
         self.autocast = autocast_for(self.device, self.precision)
         self.model = model.to(self.device)
+        train_module = train_module if train_module is not None else self.model
         # torch.compile wraps the forward used for training; evaluation and checkpoints use the module.
-        self.forward_model = torch.compile(self.model) if train.compile else self.model
+        self.forward_model = torch.compile(train_module) if train.compile else train_module
         self.optimizer = optimizer
         self.batches = batches
         self.optim_config = optim
@@ -182,8 +222,8 @@ class Trainer:
         self.evaluate = evaluate
         self.objective = objective
         self.checkpoint_meta = checkpoint_meta or {}
-        self.rank, self.world_size = rank, world_size
-        self.is_main = rank == 0
+        self.rank, self.world_size = self.world.rank, self.world.world_size
+        self.is_main = self.world.is_main
         self.run_dir = Path(train.out_dir)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=train.keep_last)
         # Progress of the run; everything here goes into trainer_state.json.
@@ -216,7 +256,13 @@ class Trainer:
         """Load model, optimizer, RNG, data position and counters from a checkpoint directory."""
         ckpt_dir = Path(ckpt_dir)
         try:
-            state = restore_training_state(ckpt_dir, model=self.model, optimizer=self.optimizer)
+            if self.world_size > 1 or (ckpt_dir / SHARDS_DIR).is_dir():  # any sharding, either side
+                state = load_trainer_state(ckpt_dir)
+                check_model_config(ckpt_dir, self.model)
+                groups = (state.get("optimizer") or {}).get("param_groups")
+                load_into(ckpt_dir, model=self.model, optimizer=self.optimizer, param_groups=groups)
+            else:
+                state = restore_training_state(ckpt_dir, model=self.model, optimizer=self.optimizer)
         except FormatError as e:
             hint = (
                 self.checkpoints.describe_fallback(ckpt_dir)
@@ -225,16 +271,20 @@ class Trainer:
             )
             raise FormatError(e.path, e.problem + hint) from None
         saved, now = state["batches"], self.batches.state_dict()
+        shape = ("batch_size", "world_size", "accum_steps")
         changed = [
-            f"{k} {saved[k]} -> {now[k]}"
-            for k in ("batch_size", "world_size")
-            if k in saved and k in now and saved[k] != now[k]
+            f"{k} {saved[k]} -> {now[k]}" for k in shape if k in saved and k in now and saved[k] != now[k]
         ]
         self.batches.load_state_dict(saved)
         if changed:
+            same = math.prod(saved.get(k, 1) for k in shape) == math.prod(now.get(k, 1) for k in shape)
             self.notes.append(
-                f"resuming with {', '.join(changed)}: from here on the batches differ from those of an "
-                "uninterrupted run"
+                f"resuming with {', '.join(changed)}: "
+                + (
+                    "the same global batch, so the same windows as an uninterrupted run"
+                    if same
+                    else "from here on the batches differ from those of an uninterrupted run"
+                )
             )
         try:
             set_rng_state(state["rng"])
@@ -243,11 +293,15 @@ class Trainer:
                 ckpt_dir / "trainer_state.json", f"'rng' is not an RNG state saved by lmforge ({e})"
             ) from None
         self.step = int(state["step"])
-        self.notes += self.checkpoints.set_aside_after(self.step)
         self.best_step = state.get("best_step")
-        self.best_eval_loss, note = self.checkpoints.reconcile_best(ckpt_dir, state)
-        if note:
-            self.notes.append(note)
+        self.best_eval_loss = state.get("best_eval_loss")
+        if self.is_main:  # the run directory's files are rank 0's
+            self.notes += self.checkpoints.set_aside_after(self.step)
+            self.best_eval_loss, note = self.checkpoints.reconcile_best(ckpt_dir, state)
+            if note:
+                self.notes.append(note)
+        best = broadcast_from_main([math.nan if self.best_eval_loss is None else self.best_eval_loss])[0]
+        self.best_eval_loss = None if math.isnan(best) else best
         if self.best_eval_loss is None:
             self.best_step = None
         self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
@@ -295,6 +349,13 @@ class Trainer:
             f"training on {self.device} ({self.precision}) from step {self.step} to {cfg.max_iters}; "
             f"run dir {self.run_dir}"
         )
+        if self.world_size > 1 or cfg.grad_accum_steps > 1:
+            global_batch = cfg.batch_size * cfg.grad_accum_steps * self.world_size
+            logger.message(
+                f"global batch {global_batch} sequences = {cfg.batch_size} per micro-batch x "
+                f"{cfg.grad_accum_steps} accumulation steps x {self.world_size} processes"
+                + (f" ({self.parallel}, {self.world.backend})" if self.world_size > 1 else "")
+            )
         for note in self.notes:
             logger.message(note)
         self.model.train()
@@ -310,9 +371,14 @@ class Trainer:
                     for _ in range(cfg.grad_accum_steps)
                 ]
                 train_loss = accumulate_gradients(
-                    self.forward_model, micro, autocast=self.autocast, objective=self.objective
+                    self.forward_model,
+                    micro,
+                    autocast=self.autocast,
+                    objective=self.objective,
+                    world_size=self.world_size,
                 )
-                # Clipping to inf still returns the norm, which is logged either way.
+                # Clipping to inf still returns the norm, which is logged either way. Under FSDP the gradients
+                # are DTensor shards and clip_grad_norm_ reduces their norms over the ranks.
                 max_norm = self.optim_config.grad_clip or float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=max_norm))
                 finite = math.isfinite(train_loss) and math.isfinite(grad_norm)
@@ -394,8 +460,11 @@ class Trainer:
             elif loss is not None:
                 self.evals_without_improvement += 1
             logger.message(f"step {self.step}: " + ", ".join(f"{k} {_short(v)}" for k, v in metrics.items()))
-        if self.config.checkpoint and self.is_main:
-            path = self.checkpoints.save(
+        if self.config.checkpoint and (self.is_main or self.parallel == "fsdp"):
+            save = self.checkpoints.save
+            if self.parallel == "fsdp":
+                save = functools.partial(save_sharded_checkpoint, self.checkpoints, world=self.world)
+            path = save(
                 self.step,
                 is_best=is_best,
                 model=self.model,
@@ -404,6 +473,7 @@ class Trainer:
                 meta=self.checkpoint_meta,
             )
             logger.message(f"step {self.step}: checkpoint {path}" + (" (best)" if is_best else ""))
+        barrier(self.world)  # no rank runs ahead while rank 0 writes
         logger.plot()
         return metrics
 
@@ -422,34 +492,61 @@ def run_training(
     resume: bool | str | Path = False,
     overwrite: bool = False,
 ) -> tuple[Trainer, TrainResult]:
-    """The wiring every training command shares: optimizer, `Trainer`, the run directory's lock and checks
-    (rundir.py: a directory holding a run needs `resume` or `overwrite`), resume point, the resolved config
-    in `<out_dir>/config.toml`, then `fit()`. `config` has `optim` and `train` sections (`Config`, or a
+    """The wiring every training command shares: process group and parallel wrapping under torchrun
+    (distributed.py), optimizer, `Trainer`, the run directory's lock and checks (rundir.py: a directory
+    holding a run needs `resume` or `overwrite`), resume point, the resolved config in
+    `<out_dir>/config.toml`, then `fit()`. `config` has `optim` and `train` sections (`Config`, or a
     recipe's own sections dataclass). `resume=True` continues from the newest checkpoint of the run dir,
     a path from that checkpoint. Returns the trainer (its history, precision) and the result.
+
+    Under torchrun, rank 0 alone owns the run directory; a job that torchrun restarts after a failure
+    (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0) continues from the newest checkpoint.
     """
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1:
-        raise ConfigError("distributed training (torchrun) is not implemented yet; run a single process")
-    optimizer = build_optimizer(model, config.optim)
-    trainer = Trainer(
-        model,
-        optimizer,
-        batches,
-        optim=config.optim,
-        train=config.train,
-        evaluate=evaluate,
-        checkpoint_meta=checkpoint_meta,
-        objective=objective,
-        rank=rank,
-        world_size=world_size,
-    )
-    with open_run_dir(trainer.run_dir, resume=bool(resume), overwrite=overwrite) as notes:
-        trainer.notes += notes
-        trainer.notes += trainer.checkpoints.recover()  # e.g. best/ cut short between two renames
-        resume_from = _resume_point(trainer, resume)
-        atomic_write_text(trainer.run_dir / "config.toml", to_toml(config))
-        return trainer, trainer.fit(resume_from=resume_from)
+    world = init_world(device=config.train.device, timeout_s=config.train.dist_timeout)
+    try:
+        parallel = resolve_parallel(config.train.parallel, world.world_size)
+        model = model.to(world.device)
+        precision = resolve_precision(config.train.precision, world.device)
+        train_module = parallelize(model, parallel=parallel, world=world, precision=precision)
+        optimizer = build_optimizer(model, config.optim)  # after FSDP2 replaced the parameters by shards
+        trainer = Trainer(
+            model,
+            optimizer,
+            batches,
+            optim=config.optim,
+            train=config.train,
+            evaluate=evaluate,
+            checkpoint_meta=checkpoint_meta,
+            objective=objective,
+            world=world,
+            train_module=train_module,
+        )
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        if restarts and not resume:
+            resume = trainer.checkpoints.latest() is not None
+        owner = open_run_dir if world.is_main else _not_the_owner
+        may_continue = bool(resume) or restarts > 0
+        with owner(trainer.run_dir, resume=may_continue, overwrite=overwrite and not restarts) as notes:
+            if world.is_main:
+                trainer.notes += notes
+                trainer.notes += trainer.checkpoints.recover()  # e.g. best/ cut short between two renames
+                resume_from = _resume_point(trainer, resume)
+                if restarts:
+                    start = resume_from or "step 0"
+                    trainer.notes.append(f"torchrun restart {restarts}: continuing from {start}")
+                atomic_write_text(trainer.run_dir / "config.toml", to_toml(config))
+            barrier(world)  # the other ranks find the checkpoint rank 0 found, after its recovery
+            if not world.is_main:
+                resume_from = _resume_point(trainer, resume)
+            return trainer, trainer.fit(resume_from=resume_from)
+    finally:
+        close_world(world)
+
+
+@contextlib.contextmanager
+def _not_the_owner(run_dir: Path, **_: Any) -> Iterator[list[str]]:
+    """Ranks other than 0 leave the run directory's lock and files to rank 0."""
+    yield []
 
 
 def _resume_point(trainer: Trainer, resume: bool | str | Path) -> Path | None:
@@ -467,7 +564,6 @@ def train_from_config(
     """Causal-LM pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it."""
     from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
     from lmforge.data.shards import check_token_ids, load_meta, open_split
-    from lmforge.evaluation.metrics import evaluate_lm
     from lmforge.models import GPT
     from lmforge.tokenizers import tokenizer_from_dict
 
@@ -493,7 +589,8 @@ def train_from_config(
         batch_size=train.batch_size,
         seed=train.seed,
         rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        world_size=env_world_size(),
+        accum_steps=train.grad_accum_steps,
     )
     split_counts = meta["splits"][data.eval_split]
     bytes_per_token = split_counts["bytes"] / split_counts["tokens"] if split_counts["bytes"] else None
@@ -506,9 +603,9 @@ def train_from_config(
             windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
         else:
             windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
-        metrics = evaluate_lm(m, windows, device=device, autocast=autocast, bytes_per_token=bytes_per_token)
-        metrics.pop("tokens")
-        return metrics
+        return evaluate_on_ranks(
+            m, windows, device=device, autocast=autocast, bytes_per_token=bytes_per_token
+        )
 
     checkpoint_meta = {
         "tokenizer": meta["tokenizer"],
@@ -525,6 +622,37 @@ def train_from_config(
         overwrite=overwrite,
     )
     return result
+
+
+def evaluate_on_ranks(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    bytes_per_token: float | None = None,
+) -> dict[str, float]:
+    """`evaluate_lm` (loss, ppl, accuracy, bpb) over `batches`, split over the ranks of a torchrun job.
+
+    Each rank scores its share (`distributed.shard_batches`); the sums loss x tokens, correct and tokens
+    over the ranks then give exactly the single-process figures (up to float summation order).
+    """
+    from lmforge.evaluation.metrics import evaluate_lm, perplexity
+
+    if env_world_size() == 1:
+        metrics = evaluate_lm(
+            model, batches, device=device, autocast=autocast, bytes_per_token=bytes_per_token
+        )
+        metrics.pop("tokens")
+        return metrics
+    local = evaluate_lm(model, shard_batches(list(batches)), device=device, autocast=autocast)
+    n = local["tokens"]
+    loss_sum, correct, tokens = all_reduce_sum([local["loss"] * n, local["accuracy"] * n, n])
+    loss = loss_sum / tokens
+    metrics = {"loss": loss, "ppl": perplexity(loss), "accuracy": correct / tokens}
+    if bytes_per_token is not None:
+        metrics["bpb"] = loss / (bytes_per_token * math.log(2))
+    return metrics
 
 
 def _short(value: float) -> str:
