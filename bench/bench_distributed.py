@@ -19,6 +19,13 @@ python bench/bench_distributed.py [--preset cpu-medium --batch 8 --steps 6 --rou
     readings, the peak above the baseline, and `lmforge.models.memory.plan_memory` for the same preset,
     strategy, world size and per-rank batch.
 
+python bench/bench_distributed.py --trainer [--preset cpu-medium --batch 8 --steps 6]
+    The same check through `lmforge train` itself: 1 process, then DDP and FSDP under torchrun, fp32,
+    `--batch`/2 sequences per process, on char-level Shakespeare (so the vocabulary is small). The peak
+    RSS of the largest process (ru_maxrss of the waited-for children) of each run minus that of the same
+    run with the "tiny" preset, which cancels the process, the data, evaluation and plotting, against
+    the difference of the planner's two figures.
+
 python bench/bench_distributed.py --worker ddp|fsdp|none ...
     One job (what the driver launches; under torchrun for ddp and fsdp). Prints one JSON line on rank 0.
 """
@@ -185,6 +192,89 @@ def run_job(job: str, threads: int, args: argparse.Namespace) -> dict:
     return json.loads(lines[-1])
 
 
+def _peak_rss_of(command: list[str], env: dict[str, str]) -> int:
+    """Run `command` in a fresh Python and return the largest peak RSS (bytes) of any process it
+    started: ru_maxrss of RUSAGE_CHILDREN is the largest over the waited-for descendants (torchrun's
+    workers included), so each command gets its own wrapper process."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+        "sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:] if done.returncode else '')\n"
+        "sys.exit(done.returncode)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
+    return int(done.stdout.split()[-1])
+
+
+def trainer_memory(args: argparse.Namespace) -> None:
+    """Peak RSS of `lmforge train` itself (1 process, and DDP / FSDP under torchrun), fp32, on
+    char-level Shakespeare: the `--preset` model minus the same run with the "tiny" preset (which
+    cancels the process, the data, evaluation and plotting), against the planner's difference."""
+    import tempfile
+
+    from lmforge.data.builtin import builtin_text
+    from lmforge.data.dedup import DedupConfig
+    from lmforge.data.prepare import prepare
+    from lmforge.models import GPTConfig
+    from lmforge.models.memory import plan_memory
+    from lmforge.tokenizers import CharTokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    text = builtin_text("shakespeare")[:400_000]
+    docs = [text[i : i + 20_000] for i in range(0, len(text), 20_000)]
+    (work / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tokenizer = CharTokenizer.train(docs)
+    prepare(
+        [str(work / "docs.jsonl")],
+        tokenizer=tokenizer,
+        out=work / "data",
+        dedup=DedupConfig(mode="none"),
+        val=0.1,
+        verbose=False,
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    print("| run | batch/rank | peak RSS, tiny | peak RSS, model | difference | planned difference | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for parallel, world in (("none", 1), ("ddp", 2), ("fsdp", 2)):
+        peaks, plans = [], []
+        for preset in ("tiny", args.preset):
+            config = GPTConfig.preset(preset, vocab_size=tokenizer.vocab_size)
+            settings = {
+                "model.preset": preset,
+                "data.dir": work / "data",
+                "train.out_dir": work / f"run-{parallel}-{preset}",
+                "train.max_iters": args.steps,
+                "train.batch_size": args.batch // 2,
+                "train.eval_interval": 0,
+                "train.eval_batches": 2,
+                "train.checkpoint": "false",
+                "train.parallel": parallel,
+                "train.precision": "fp32",
+                "train.device": "cpu",
+                "train.peak_tflops": 1.0,
+                "train.progress": "false",
+            }
+            overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+            launcher = [sys.executable] if world == 1 else torchrun
+            peaks.append(_peak_rss_of([*launcher, "-m", "lmforge", "train", *overrides], env))
+            strategy = "fsdp" if parallel == "fsdp" else "ddp"
+            plan = plan_memory(
+                config, world_size=world, strategy=strategy, batch_size=args.batch // 2, precision="fp32"
+            )
+            plans.append(plan.total)
+        measured, planned = peaks[1] - peaks[0], plans[1] - plans[0]
+        print(
+            f"| {parallel}, {world} process{'es' if world > 1 else ''} | {args.batch // 2} "
+            f"| {_mib(peaks[0])} | {_mib(peaks[1])} | {_mib(measured)} | {_mib(planned)} "
+            f"| {measured / planned:.2f} |",
+            flush=True,
+        )
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -197,9 +287,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="global batch (sequences per step)")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--trainer", action="store_true", help="measure `lmforge train` itself (see above)")
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.trainer:
+        trainer_memory(args)
         return
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
