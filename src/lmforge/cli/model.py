@@ -24,10 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "info",
         help="print parameters, FLOPs per token and training memory of a preset or config",
         description=(
-            "Print the parameter count, training FLOPs per token (6N + attention) and an AdamW training "
-            "memory estimate. Give a PRESET name (gpt2, gpt2-medium, gpt2-large, tiny, cpu-small, "
-            "cpu-medium) or --config: a TOML file (its [model] table: optional 'preset' plus field "
-            "overrides), a JSON model config, or a checkpoint directory / its meta.json."
+            "Print the parameter count, training FLOPs per token (6N + attention) and the AdamW training "
+            "memory of one rank (weights, gradients, optimizer states, activations, communication buffers) "
+            "under ddp, zero1, zero2 or fsdp on --world-size ranks. Give a PRESET name (gpt2, gpt2-medium, "
+            "gpt2-large, gpt2-xl, tiny, cpu-small, cpu-medium) or --config: a TOML file (its [model] table: "
+            "optional 'preset' plus field overrides), a JSON model config, or a checkpoint directory / its "
+            "meta.json."
         ),
     )
     info.add_argument("preset", nargs="?", help="preset name")
@@ -59,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument(
         "--strategy",
         default="ddp",
-        help="ddp: every rank holds everything; zero1/zero2: optimizer states / and gradients sharded; "
-        "fsdp: weights too (ZeRO-3, FSDP full shard). Default ddp",
+        help="ddp: every rank holds everything; zero1: optimizer states sharded; zero2: and gradients; "
+        "fsdp: and weights (ZeRO-3, FSDP full shard). Default ddp",
     )
     info.add_argument(
         "--activation-checkpointing",
