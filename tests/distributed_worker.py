@@ -71,19 +71,19 @@ def train_run(run: dict) -> None:
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         accum_steps=run["accum"],
     )
-    # 5 eval batches: an odd count, so ranks get 3 and 2 (+1 padding batch)
+    # 5 batches of 3 rows: 15 rows, so the ranks score 8 and 7 rows, in batches of 2 (+1 padding batch)
     windows = list(spread_windows(tokens(1000, 7), block_size=BLOCK, batch_size=3, num_batches=5))
     run_training(
         Sections(optim, train),
         model,
         batches,
-        evaluate=lambda m: evaluate_on_ranks(m, windows, device=torch.device("cpu")),
+        evaluate=lambda m: evaluate_on_ranks(m, windows, device=torch.device("cpu"), batch_size=2),
         resume=run.get("resume") or False,
     )
 
 
 if __name__ == "__main__":
-    world = init_world(device="cpu", timeout_s=60)
+    world = init_world(device=torch.device("cpu"), timeout_s=60)
     for run in json.loads(Path(sys.argv[1]).read_text()):
         train_run(run)
     close_world(world)

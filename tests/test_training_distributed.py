@@ -25,12 +25,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import distributed_worker
+from lmforge.data.datasets import RandomWindows
+from lmforge.errors import ConfigError
 from lmforge.fileio import load_safetensors
 from lmforge.models.checkpoints import load_checkpoint
+from lmforge.training.distributed import resolve_parallel
 
 WORKER = Path(distributed_worker.__file__)
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -38,7 +42,7 @@ STEPS = {"max_iters": 4, "eval_interval": 2}
 
 
 def torchrun(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node 2 ARGS` with one thread per process and our source first."""
     environment = {
@@ -73,6 +77,50 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=5e-5, msg=name)
+
+
+def test_a_step_draws_the_same_windows_for_every_split_of_the_global_batch() -> None:
+    """Global batch 4: 2 ranks x 2, 1 rank x 4, 1 rank x 2 x 2 accumulation, 2 ranks x 1 x 2 accumulation
+    all take the same 4 windows at each step, in the same order when read rank-major per micro-batch."""
+    data = np.arange(1000)
+
+    def step_windows(world: int, batch: int, accum: int, step: int) -> list[list[int]]:
+        sources = [
+            RandomWindows(
+                data, block_size=8, batch_size=batch, seed=3, rank=r, world_size=world, accum_steps=accum
+            )
+            for r in range(world)
+        ]
+        return [
+            row[:1].tolist() for j in range(accum) for s in sources for row in s.batch_at(step * accum + j)[0]
+        ]
+
+    for step in (0, 5):
+        reference = step_windows(1, 4, 1, step)
+        assert step_windows(2, 2, 1, step) == reference
+        assert step_windows(1, 2, 2, step) == reference
+        assert step_windows(2, 1, 2, step) == reference
+    assert step_windows(1, 4, 1, 0) != step_windows(1, 4, 1, 1)
+
+
+def test_resuming_with_another_accumulation_continues_at_the_same_optimizer_step() -> None:
+    """6 micro-batches drawn with accumulation 2 = 3 optimizer steps; with accumulation 3 the next
+    micro-batch is number 3 x 3 = 9, the first of optimizer step 3."""
+    source = RandomWindows(np.arange(1000), block_size=8, batch_size=2, seed=0, accum_steps=2)
+    for _ in range(6):
+        source.next_batch()
+    resumed = RandomWindows(np.arange(1000), block_size=8, batch_size=2, seed=0, accum_steps=3)
+    resumed.load_state_dict(source.state_dict())
+    assert resumed.step == 9
+
+
+def test_parallel_choice() -> None:
+    assert resolve_parallel("auto", 1) == "none"
+    assert resolve_parallel("fsdp", 1) == "none"  # a 2-process config resumed on one process
+    assert resolve_parallel("auto", 4) == "ddp"
+    assert resolve_parallel("fsdp", 4) == "fsdp"
+    with pytest.raises(ConfigError, match="unrelated models"):
+        resolve_parallel("none", 2)
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +178,18 @@ def test_rank_zero_alone_reports_the_global_batch(runs: Path) -> None:
 
 
 def test_fsdp_checkpoint_is_sharded_and_consolidated(runs: Path) -> None:
-    """Two shard files (one per rank) plus one model.safetensors that the ordinary loader opens."""
+    """Two shard files, one per rank, that together hold the weights and both AdamW moments once and
+    split them about evenly (FSDP2 splits dim 0; DCP writes a replicated tensor, such as AdamW's scalar
+    step count, once), plus one model.safetensors that the ordinary loader opens."""
     ckpt = runs / "fsdp" / "checkpoints" / "step_00000004"
-    assert len(list((ckpt / "shards").glob("*.safetensors"))) == 2
+    shards = [load_safetensors(p) for p in sorted((ckpt / "shards").glob("*.safetensors"))]
+    assert len(shards) == 2
+    weights = load_safetensors(ckpt / "model.safetensors")
+    n_params = sum(t.numel() for t in weights.values())
+    steps = sum(1 for shard in shards for name in shard if name.endswith(".step"))
+    per_rank = [sum(t.numel() for t in shard.values()) for shard in shards]
+    assert sum(per_rank) == 3 * n_params + steps  # weights + exp_avg + exp_avg_sq, no copy
+    assert abs(per_rank[0] - per_rank[1]) < 0.1 * sum(per_rank)
     model, _, meta = load_checkpoint(ckpt, require_tokenizer=False)
     assert meta["model"] == "gpt"
     reference = final_weights(runs / "one")
@@ -178,6 +235,7 @@ def test_rank_killed_during_save_leaves_the_previous_checkpoint_and_torchrun_res
         env={"LMFORGE_FAULT": "checkpoint:shards-written-rank1@2"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "exitcode: -9" in done.stderr  # torchrun saw rank 1 die and stopped rank 0, then restarted
     assert "torchrun restart 1: continuing from" in done.stdout
     assert "step_00000002" in done.stdout.split("torchrun restart 1: continuing from")[1].splitlines()[0]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [

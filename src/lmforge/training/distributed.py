@@ -34,6 +34,7 @@ References: PyTorch's DDP and FSDP2 (`torch.distributed.fsdp.fully_shard`) docum
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import uuid
@@ -76,25 +77,18 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
-def init_world(*, device: str = "auto", timeout_s: float = 300.0) -> World:
+def init_world(*, device: torch.device, timeout_s: float = 600.0) -> World:
     """Join the job torchrun started (or describe the lone process without torchrun).
 
-    `device` is `train.device`: "auto" or "cuda" gives each rank `cuda:<LOCAL_RANK>` on a GPU machine;
-    "cpu" keeps every rank on the CPU. A collective that waits longer than `timeout_s` (a rank died or
-    raised) fails on the ranks still alive instead of hanging them.
+    `device` is `train.device` resolved: a CUDA device gives each rank `cuda:<LOCAL_RANK>`; the CPU keeps
+    every rank on the CPU. A collective that waits longer than `timeout_s` (a rank died or raised) fails
+    on the ranks still alive instead of hanging them.
     """
     world_size = env_world_size()
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ConfigError(f"train.device={device!r} is not a torch device; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={device!r} is invalid; this machine has no CUDA device, use auto or cpu"
-        )
     if world_size == 1:
-        chosen = torch.device(device if device != "auto" else ("cuda" if cuda else "cpu"))
-        return World(rank=0, local_rank=0, world_size=1, device=chosen, backend=None)
+        return World(rank=0, local_rank=0, world_size=1, device=device, backend=None)
+    cuda = device.type == "cuda"
     chosen = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(chosen)
@@ -186,23 +180,31 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 
 def shard_batches(
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: list[tuple[torch.Tensor, torch.Tensor]], *, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of evaluation batches: numbers rank, rank + W, ..., padded to the same count on
-    every rank with a copy of the first batch whose targets are all IGNORE_INDEX (scored as nothing, but
-    its forward keeps FSDP's collectives in step). Fewer batches than ranks: every rank takes them all.
-    Summing (loss x tokens) and tokens over the ranks then gives the single-process mean.
-    Example: 5 batches, 2 ranks -> rank 0 scores 0, 2, 4; rank 1 scores 1, 3 and one padding batch.
+    """This rank's share of evaluation batches: rows rank, rank + W, ... of all of them, in batches of
+    `batch_size`, padded to the same number of batches on every rank with a copy of the first row whose
+    targets are all IGNORE_INDEX (scored as nothing, but its forward keeps FSDP's collectives in step).
+    Fewer rows than ranks: every rank scores them all. Summing (loss x tokens) and tokens over the ranks
+    then gives the single-process mean over all rows.
+    Example: 2 batches of 3 rows (rows 0-5), 2 ranks, batch_size 2 -> rank 0 scores rows (0, 2), (4);
+    rank 1 scores rows (1, 3), (5).
     """
     from lmforge.models.gpt import IGNORE_INDEX
 
-    if not dist.is_initialized() or len(batches) < dist.get_world_size():
+    if not dist.is_initialized():
         return batches
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    mine = batches[rank::world_size]
-    x, y = batches[0]
-    padding = (x, torch.full_like(y, IGNORE_INDEX))
-    return mine + [padding] * (-(-len(batches) // world_size) - len(mine))
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])  # (N, T) each
+    if len(x) < world_size:
+        return batches
+    mine_x, mine_y = x[rank::world_size], y[rank::world_size]
+    count = math.ceil(math.ceil(len(x) / world_size) / batch_size)  # batches of the rank with the most rows
+    mine = [
+        (mine_x[i : i + batch_size], mine_y[i : i + batch_size]) for i in range(0, len(mine_x), batch_size)
+    ]
+    padding = (x[:1], torch.full_like(y[:1], IGNORE_INDEX))
+    return mine + [padding] * (count - len(mine))
 
 
 def barrier(world: World) -> None:
@@ -219,13 +221,6 @@ def broadcast_from_main(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return t.tolist()
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """True for a model whose parameters FSDP2 has sharded."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 # ---------------------------------------------------------------- checkpoint tensors
@@ -259,7 +254,9 @@ def _flat_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
     return flat, model_sd, optim_sd
 
 
-def save_sharded(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def save_sharded(
+    directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> list[dict[str, Any]]:
     """Every rank writes its shards of model and optimizer into `directory/shards/` (collective).
     Returns the optimizer's param_groups (hyper-parameters, JSON-serialisable) for trainer_state.json."""
     import torch.distributed.checkpoint as dcp
@@ -280,7 +277,11 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_into(
-    ckpt_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, param_groups: list | None
+    ckpt_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    param_groups: list[dict[str, Any]] | None,
 ) -> None:
     """Load a checkpoint written by any number of ranks (shards/) or by one process (model.safetensors
     and optimizer.safetensors) into `model` and `optimizer`, however they are sharded now. Called by

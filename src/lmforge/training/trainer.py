@@ -502,8 +502,13 @@ def run_training(
     Under torchrun, rank 0 alone owns the run directory; a job that torchrun restarts after a failure
     (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0) continues from the newest checkpoint.
     """
-    world = init_world(device=config.train.device, timeout_s=config.train.dist_timeout)
+    world = init_world(device=resolve_device(config.train.device), timeout_s=config.train.dist_timeout)
     try:
+        if world.world_size > 1 and getattr(batches, "world_size", 1) != world.world_size:
+            raise ConfigError(
+                f"this training's batches are not split over the {world.world_size} processes (every rank "
+                "would train on the same data); run it as a single process, without torchrun"
+            )
         parallel = resolve_parallel(config.train.parallel, world.world_size)
         model = model.to(world.device)
         precision = resolve_precision(config.train.precision, world.device)
@@ -598,13 +603,19 @@ def train_from_config(
     autocast = autocast_for(device, resolve_precision(train.precision, device))
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        T, B = model_config.block_size, train.batch_size
+        # The windows of the global batch size, so every world size scores the same sample of the split.
+        T, B = model_config.block_size, train.batch_size * env_world_size()
         if train.eval_batches:  # a fixed sample spread over the whole split, not just its first document
             windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
         else:
             windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
         return evaluate_on_ranks(
-            m, windows, device=device, autocast=autocast, bytes_per_token=bytes_per_token
+            m,
+            windows,
+            device=device,
+            batch_size=train.batch_size,
+            autocast=autocast,
+            bytes_per_token=bytes_per_token,
         )
 
     checkpoint_meta = {
@@ -629,13 +640,15 @@ def evaluate_on_ranks(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     device: torch.device,
+    batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     bytes_per_token: float | None = None,
 ) -> dict[str, float]:
     """`evaluate_lm` (loss, ppl, accuracy, bpb) over `batches`, split over the ranks of a torchrun job.
 
-    Each rank scores its share (`distributed.shard_batches`); the sums loss x tokens, correct and tokens
-    over the ranks then give exactly the single-process figures (up to float summation order).
+    Each rank scores its share of the rows in batches of `batch_size` (`distributed.shard_batches`); the
+    sums loss x tokens, correct and tokens over the ranks then give exactly the single-process figures
+    (up to float summation order).
     """
     from lmforge.evaluation.metrics import evaluate_lm, perplexity
 
@@ -645,7 +658,8 @@ def evaluate_on_ranks(
         )
         metrics.pop("tokens")
         return metrics
-    local = evaluate_lm(model, shard_batches(list(batches)), device=device, autocast=autocast)
+    mine = shard_batches(list(batches), batch_size=batch_size)
+    local = evaluate_lm(model, mine, device=device, autocast=autocast)
     n = local["tokens"]
     loss_sum, correct, tokens = all_reduce_sum([local["loss"] * n, local["accuracy"] * n, n])
     loss = loss_sum / tokens
