@@ -216,24 +216,21 @@ def test_unknown_preset_and_field():
         GPTConfig.from_dict({"n_embed": 3})
 
 
-def test_flops_and_memory_worked_by_hand():
+def test_flops_worked_by_hand():
     """L=2, C=64, V=256, T=64, tied, learned positions, biases.
     Per layer: c_attn 3C^2+3C, attn c_proj C^2+C, c_fc 4C^2+4C, mlp c_proj 4C^2+C, two LayerNorms 4C
     = 12C^2 + 13C = 49,152 + 832 = 49,984; two layers 99,968; ln_f 128 -> 100,096 non-embedding.
     Matmul params add the (tied) head 256*64 = 16,384 -> 116,480; 6N = 698,880;
     attention 12 * L * C * T = 12*2*64*64 = 98,304; total 797,184 FLOPs per token.
-    All params: 100,096 + wte 16,384 + wpe 64*64 = 4,096 -> 120,576; AdamW fp32 state 16 B/param."""
+    All params: 100,096 + wte 16,384 + wpe 64*64 = 4,096 -> 120,576."""
     model = GPT(GPTConfig.preset("tiny"))
     assert model.num_params() == 120_576
     assert model.num_params(exclude_embeddings=True) == 100_096
     assert model.flops_per_token() == 797_184
-    memory = model.training_memory_bytes(batch_size=1, seq_len=64)
-    assert memory["weights"] + memory["gradients"] + memory["optimizer"] == 16 * 120_576
-    assert memory["total"] == sum(v for k, v in memory.items() if k != "total")
 
 
 def test_model_info_cli(capsys):
-    """Figures for the "tiny" preset as worked out in test_flops_and_memory_worked_by_hand."""
+    """Figures for the "tiny" preset as worked out in test_flops_worked_by_hand."""
     from lmforge.cli import main
 
     assert main(["model", "info", "tiny", "--seq-len", "64"]) == 0

@@ -27,8 +27,8 @@ KV cache API (used by `lmforge.inference`):
     Without `kv_cache` the forward is the ordinary full-sequence causal pass used in training.
 
 References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT (structure); Kaplan et al. 2020 and
-Chowdhery et al. 2022, appendix B (6N + attention FLOPs per token); Korthikanti et al. 2022 (activation
-memory).
+Chowdhery et al. 2022, appendix B (6N + attention FLOPs per token). Training memory is planned in
+`memory.py`.
 """
 
 from __future__ import annotations
@@ -246,26 +246,6 @@ class GPT(nn.Module):
         if c.tie_embeddings:
             matmul_params += self.lm_head.weight.numel()
         return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
-
-    def training_memory_bytes(
-        self, *, batch_size: int, seq_len: int | None = None, bf16_autocast: bool = False
-    ) -> dict[str, int]:
-        """Estimate the memory of one AdamW training step, in bytes, by part.
-
-        fp32 weights, gradients and AdamW's two moments are 4 + 4 + 8 = 16 bytes per parameter. Saved
-        activations follow Korthikanti et al. 2022 with flash-style attention (no T x T scores kept):
-        about 34 bytes per token per layer per channel in 16-bit, doubled for fp32, plus the logits and
-        their gradient (2 x V floats per token). An estimate (allocator slack and temporaries excluded).
-        """
-        seq_len = self.config.block_size if seq_len is None else seq_len
-        n = self.num_params()
-        tokens = batch_size * seq_len
-        activation_bytes = 34 if bf16_autocast else 68
-        activations = tokens * self.config.n_layer * self.config.n_embd * activation_bytes
-        activations += tokens * self.config.vocab_size * 4 * 2
-        parts = {"weights": 4 * n, "gradients": 4 * n, "optimizer": 8 * n, "activations": activations}
-        parts["total"] = sum(parts.values())
-        return parts
 
     # --- checkpoints --------------------------------------------------------------------------------
 
