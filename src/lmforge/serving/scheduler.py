@@ -26,7 +26,9 @@ single-request generation with `Engine`. Rebuilding copies the cache (B x L slot
 costs far less than a forward pass and happens only when a request joins or leaves. Because L is
 always the longest live row's length, it never exceeds the model's context.
 
-Runs in one background thread (`start`/`stop`); `step` is public so tests can drive it by hand.
+Runs in one background thread (`start`/`stop`); `step` is public so tests can drive it by hand. The
+optional `flush` callback runs on that thread after each burst of emits (once new requests have their
+first token, and after each decoding step), so a consumer can wake once for a whole step's tokens.
 Deliberately not here: text (detokenizing, stop strings), HTTP, limits on the prompt length (the
 server checks them; `submit` only checks that the request fits the context).
 Reference: Yu et al. 2022, Orca (iteration-level scheduling); vLLM's scheduler (waiting/running queues).
@@ -93,7 +95,14 @@ class Request:
 class Scheduler:
     """Runs requests on `model` (a GPT: forward with kv_cache, new_kv_cache) with continuous batching."""
 
-    def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_waiting: int = 32):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch: int = 8,
+        max_waiting: int = 32,
+        flush: Callable[[], None] | None = None,
+    ):
         if max_batch < 1 or max_waiting < 0:
             raise ConfigError(f"max_batch={max_batch} must be >= 1 and max_waiting={max_waiting} >= 0")
         if model.training:  # dropout would make every answer random
@@ -102,6 +111,7 @@ class Scheduler:
         self.block_size: int = model.config.block_size
         self.vocab_size: int = model.config.vocab_size
         self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.flush = flush or (lambda: None)
         self.device = next(model.parameters()).device
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # row b of `cache` is running[b]
@@ -150,6 +160,7 @@ class Scheduler:
             _finish(request, None, "cancelled")
         self.running, self.cache = [], None
         self.waiting.clear()
+        self.flush()
 
     # --- the scheduler's thread ---------------------------------------------------------------------
 
@@ -168,6 +179,7 @@ class Scheduler:
                     for request in self.running:
                         _finish(request, None, "error")
                     self.running, self.cache = [], None
+                self.flush()
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -193,10 +205,13 @@ class Scheduler:
             cache = self._prefill(request)
             if cache is not None:
                 joined.append((request, cache))
+        if joined:
+            self.flush()  # their first tokens now, not after the decoding step
         if len(keep) != len(self.running) or joined:
             self._regroup(keep, joined)
         if self.running:
             self._decode()
+        self.flush()
 
     def _prefill(self, request: Request) -> KVCache | None:
         """Run the prompt through a fresh one-row cache and sample the first token; the cache, or None

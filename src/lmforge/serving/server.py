@@ -25,8 +25,8 @@ goes to the log). Each request writes one JSON access-log line to the `lmforge.s
 The model is loaded in a background thread when the app starts, so /health answers 503 until it is
 ready. The text layer (UTF-8-safe detokenizing, stop strings) runs per choice on the event loop; the
 scheduler thread only sees token ids and hands them over through one `Mailbox`, which wakes the event
-loop once per decoding step rather than once per token; a stream writes the events that are ready as
-one body part. A client that disconnects cancels its generation.
+loop once per decoding step (the scheduler flushes it) rather than once per token; a stream writes the
+events that are ready as one body part. A client that disconnects cancels its generation.
 Deliberately not here: batching (scheduler.py), TLS and rate limiting per user (a reverse proxy's job),
 `echo`, tools and function calling.
 Reference: OpenAI API reference (completions, chat completions, streaming, error codes).
@@ -156,13 +156,17 @@ class ChatBody(SamplingFields):
 class Served:
     """What the routes need once the model is loaded."""
 
-    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any], config: ServerConfig):
+    def __init__(
+        self, model: Any, tokenizer: Any, meta: dict[str, Any], config: ServerConfig, mailbox: Mailbox
+    ):
         self.tokenizer = tokenizer
         self.tokens = TokenTexts(tokenizer)
         self.chat = chat_format(tokenizer, meta)
         self.block_size: int = model.config.block_size
         self.max_prompt_tokens = min(config.max_prompt_tokens or self.block_size - 1, self.block_size - 1)
-        self.scheduler = Scheduler(model, max_batch=config.max_batch, max_waiting=config.max_waiting)
+        self.scheduler = Scheduler(
+            model, max_batch=config.max_batch, max_waiting=config.max_waiting, flush=mailbox.flush
+        )
         self.scheduler.start()
 
 
@@ -175,7 +179,7 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             model, tokenizer, meta = load()
             if tokenizer is None:
                 raise ConfigError("the checkpoint has no tokenizer; the server needs one for text")
-            state["served"] = Served(model, tokenizer, meta, config)
+            state["served"] = Served(model, tokenizer, meta, config, state["mailbox"])
             log.info(json.dumps({"event": "ready", "model": config.model_name}))
         except Exception as e:  # reported by /health and every route as 503
             state["load_error"] = str(e) if isinstance(e, LmforgeError) else type(e).__name__
@@ -501,7 +505,7 @@ def model_card(name: str) -> dict[str, Any]:
 
 class Mailbox:
     """Hands items from the scheduler's thread to asyncio queues on the event loop, waking the loop once
-    per burst: the 16 tokens of one decoding step of 16 rows cost one wake-up, not 16."""
+    per flush: the 16 tokens of one decoding step of 16 rows cost one wake-up, not 16."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -509,11 +513,17 @@ class Mailbox:
         self.scheduled = False
 
     def post(self, queue: asyncio.Queue, item: Any) -> None:
-        """Put `item` on `queue` soon (any thread)."""
+        """Put `item` on `queue` at the next flush (any thread)."""
         self.items.append((queue, item))
-        if not self.scheduled:
+
+    def flush(self) -> None:
+        """Deliver what was posted: wake the event loop unless a delivery is already due (any thread)."""
+        if self.items and not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon_threadsafe(self._deliver)
+            try:
+                self.loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the event loop is closed: nobody waits for these items any more
+                self.items.clear()
 
     def _deliver(self) -> None:  # on the event loop
         self.scheduled = False  # first: an item posted from now on schedules another delivery
