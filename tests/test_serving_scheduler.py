@@ -161,8 +161,8 @@ def test_requests_that_fill_the_whole_context_never_overflow_the_shared_cache():
 
 
 def test_flush_follows_each_burst_of_emits():
-    """flush runs once the joining requests have their first token (before the decoding step) and
-    after every step, so a consumer wakes once per burst; every emit happened before its flush."""
+    """flush runs after each prefill (a first token is delivered at once) and after every decoding
+    step, so a consumer wakes once per burst; every emit happened before its flush."""
     model = tiny_gpt()
     log: list[str] = []
     scheduler = Scheduler(model, max_batch=4, flush=lambda: log.append("flush"))
@@ -172,7 +172,7 @@ def test_flush_follows_each_burst_of_emits():
         )
         scheduler.submit(request)
     scheduler.step()  # two prefills (one token each), then one decoding step for both rows
-    assert log == ["emit", "emit", "flush", "emit", "emit", "flush"]
+    assert log == ["emit", "flush", "emit", "flush", "emit", "emit", "flush"]
     log.clear()
     scheduler.step()  # the last token of each row: both finish
     assert log == ["emit", "emit", "flush"] and scheduler.cache is None

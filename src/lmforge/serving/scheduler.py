@@ -27,8 +27,9 @@ costs far less than a forward pass and happens only when a request joins or leav
 always the longest live row's length, it never exceeds the model's context.
 
 Runs in one background thread (`start`/`stop`); `step` is public so tests can drive it by hand. The
-optional `flush` callback runs on that thread after each burst of emits (once new requests have their
-first token, and after each decoding step), so a consumer can wake once for a whole step's tokens.
+optional `flush` callback runs on that thread after each burst of emits (after each prefill, whose
+first token should not wait for the others, and after each decoding step), so a consumer can wake once
+for a whole step's tokens.
 Deliberately not here: text (detokenizing, stop strings), HTTP, limits on the prompt length (the
 server checks them; `submit` only checks that the request fits the context).
 Reference: Yu et al. 2022, Orca (iteration-level scheduling); vLLM's scheduler (waiting/running queues).
@@ -203,10 +204,9 @@ class Scheduler:
                 _finish(request, None, "cancelled")
                 continue
             cache = self._prefill(request)
+            self.flush()  # its first token now, not after the other prefills and the decoding step
             if cache is not None:
                 joined.append((request, cache))
-        if joined:
-            self.flush()  # their first tokens now, not after the decoding step
         if len(keep) != len(self.running) or joined:
             self._regroup(keep, joined)
         if self.running:
