@@ -5,12 +5,16 @@ answers N concurrent greedy requests (prompts of 16..47 tokens, --new-tokens eac
 `Scheduler` with max_batch=N (continuous batching), then with max_batch=1 (the requests wait in the
 queue and run one after another). Measured: total generated tokens/s, p50/p95 request latency and time
 to first token, from the scheduler's own emit callbacks (no HTTP). Both runs must produce identical
-tokens (checked): batching changes the speed, not the output.
+tokens (checked): batching changes the speed, not the output. Also measured: the CPU time of the
+scheduler's thread (the model), so "tokens per CPU-second" compares the two modes even when other
+processes take the cores away (on a shared machine the wall-clock figures move with the load).
 
 With --http the same comparison runs end to end: the app on 127.0.0.1 (uvicorn in a thread of this
 process) with max_batch=N and then 1, and N threads of the official `openai` client streaming the
-completions (token ids as the prompt, so both runs see the same inputs); TTFT is then the first
-streamed chunk.
+completions (token ids as the prompt, so both runs see the same inputs) from a separate client process,
+as real clients are (client threads inside the server's process would compete for its GIL); TTFT is
+then the first streamed chunk that carries text. The load average of the machine is printed too: on a
+shared machine the figures move with it.
 
 Run: .venv/bin/python bench/serve_bench.py [--streams 16 --new-tokens 64 --threads 1 --http]
 """
@@ -18,6 +22,8 @@ Run: .venv/bin/python bench/serve_bench.py [--streams 16 --new-tokens 64 --threa
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import threading
 import time
@@ -50,7 +56,8 @@ def run(model: GPT, prompts: list[list[int]], *, max_batch: int, new_tokens: int
         return emit
 
     scheduler.start()
-    start = time.perf_counter()
+    cpu = _cpu_clock(scheduler._thread)
+    start, cpu_start = time.perf_counter(), cpu()
     for i, prompt in enumerate(prompts):
         scheduler.submit(
             Request(
@@ -59,7 +66,7 @@ def run(model: GPT, prompts: list[list[int]], *, max_batch: int, new_tokens: int
         )
     for _ in prompts:
         done.acquire()
-    elapsed = time.perf_counter() - start
+    elapsed, model_cpu = time.perf_counter() - start, cpu() - cpu_start
     scheduler.stop()
     latency = sorted(t - start for t in last)
     ttft = sorted(t - start for t in first)
@@ -70,6 +77,8 @@ def run(model: GPT, prompts: list[list[int]], *, max_batch: int, new_tokens: int
         "p95 latency": _pct(latency, 0.95),
         "p50 TTFT": statistics.median(ttft),
         "p95 TTFT": _pct(ttft, 0.95),
+        "model thread CPU": model_cpu,
+        "tokens/CPU-s": sum(map(len, tokens)) / model_cpu,
         "tokens": tokens,
     }
 
@@ -92,11 +101,8 @@ def run_http(model: GPT, prompts: list[list[int]], *, max_batch: int, new_tokens
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(lambda: (model, tokenizer, {}), config), port=port, host="127.0.0.1", log_level="error"
-        )
-    )
+    app = create_app(lambda: (model, tokenizer, {}), config)
+    server = uvicorn.Server(uvicorn.Config(app, port=port, host="127.0.0.1", log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
@@ -107,10 +113,46 @@ def run_http(model: GPT, prompts: list[list[int]], *, max_batch: int, new_tokens
             break
         except openai.APIError:
             time.sleep(0.1)
+    model_cpu = _cpu_clock(app.state.lmforge["served"].scheduler._thread)
+    loop_cpu = _cpu_clock(thread)
+    model_start, loop_start = model_cpu(), loop_cpu()
+    clients, answer = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=client_load, args=(port, prompts, new_tokens, answer)
+    )
+    process.start()
+    first, last, counts, texts, elapsed = clients.recv()
+    model_used, loop_used = model_cpu() - model_start, loop_cpu() - loop_start
+    process.join()
+    server.should_exit = True
+    thread.join()
+    latency, ttft = sorted(last), sorted(first)
+    return {
+        "tokens/s": sum(counts) / elapsed,  # counted by the server (usage)
+        "p50 latency": statistics.median(latency),
+        "p95 latency": _pct(latency, 0.95),
+        "p50 TTFT": statistics.median(ttft),
+        "p95 TTFT": _pct(ttft, 0.95),
+        "model thread CPU": model_used,
+        "tokens/CPU-s": sum(counts) / model_used,
+        "event-loop thread CPU": loop_used,
+        "tokens": texts,
+    }
+
+
+def client_load(port: int, prompts: list[list[int]], new_tokens: int, answer) -> None:
+    """In a client process: one thread per prompt streams a greedy completion; sends back the times of
+    the first text and of the end of each stream (seconds from the start), token counts, texts and the
+    elapsed time."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
+    client.models.list()  # connect once before the clock starts
     first: list[float] = [0.0] * len(prompts)
     last: list[float] = [0.0] * len(prompts)
     counts = [0] * len(prompts)
     texts = [""] * len(prompts)
+    start = time.perf_counter()
 
     def worker(i: int) -> None:
         stream = client.completions.create(
@@ -122,30 +164,26 @@ def run_http(model: GPT, prompts: list[list[int]], *, max_batch: int, new_tokens
             stream_options={"include_usage": True},
         )
         for chunk in stream:
-            first[i] = first[i] or time.perf_counter()
-            texts[i] += "".join(choice.text for choice in chunk.choices)
+            text = "".join(choice.text for choice in chunk.choices)
+            if text and not first[i]:
+                first[i] = time.perf_counter() - start
+            texts[i] += text
             if chunk.usage is not None:
                 counts[i] = chunk.usage.completion_tokens
-        last[i] = time.perf_counter()
+        last[i] = time.perf_counter() - start
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-    start = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    elapsed = time.perf_counter() - start
-    server.should_exit = True
-    thread.join()
-    latency, ttft = sorted(t - start for t in last), sorted(t - start for t in first)
-    return {
-        "tokens/s": sum(counts) / elapsed,  # counted by the server (usage)
-        "p50 latency": statistics.median(latency),
-        "p95 latency": _pct(latency, 0.95),
-        "p50 TTFT": statistics.median(ttft),
-        "p95 TTFT": _pct(ttft, 0.95),
-        "tokens": texts,
-    }
+    answer.send((first, last, counts, texts, time.perf_counter() - start))
+
+
+def _cpu_clock(thread: threading.Thread):
+    """A function giving the CPU seconds `thread` has used so far (readable from another thread)."""
+    clock = time.pthread_getcpuclockid(thread.ident)
+    return lambda: time.clock_gettime(clock)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -174,11 +212,17 @@ def main() -> None:
     assert batched["tokens"] == serial["tokens"], "batched and one-at-a-time outputs differ"
     where = "through HTTP" if args.http else "at the scheduler"
     print(f"{args.streams} streams x {args.new_tokens} new tokens, greedy, {args.threads} thread(s), {where}")
+    print("load average (1, 5, 15 min) after the runs: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"{'':28} {'batched':>10} {'one at a time':>14}")
-    for key in ("tokens/s", "p50 latency", "p95 latency", "p50 TTFT", "p95 TTFT"):
-        unit = "" if key == "tokens/s" else " s"
+    keys = ["tokens/s", "p50 latency", "p95 latency", "p50 TTFT", "p95 TTFT", "model thread CPU"]
+    keys += ["event-loop thread CPU"] if args.http else []
+    for key in [*keys, "tokens/CPU-s"]:
+        unit = " s" if key not in ("tokens/s", "tokens/CPU-s") else ""
         print(f"{key + unit:28} {batched[key]:10.2f} {serial[key]:14.2f}")
     print(f"throughput ratio: {batched['tokens/s'] / serial['tokens/s']:.2f}x (outputs identical)")
+    print(
+        f"tokens per CPU-second of the model thread: {batched['tokens/CPU-s'] / serial['tokens/CPU-s']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

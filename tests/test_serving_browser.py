@@ -1,6 +1,7 @@
 """The playground in a real browser: headless Chromium (Debian's package) types a message, sends it, and
-the streamed answer equals the API's greedy answer; the stats panel fills in; Stop cancels the next
-answer on the server.
+the streamed answer equals the API's greedy answer; the stats panel fills in; with the learner toggle on
+the answer is drawn as the tokens the API generated, one box each, and clicking a token shows that
+step's top-5 next tokens with the API's probabilities; Stop cancels the next answer on the server.
 
 Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`: JSON messages
 ending in a NUL byte on file descriptors 3 and 4), so no extra package is needed. Skipped when no
@@ -10,6 +11,7 @@ chromium binary is installed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -141,6 +143,46 @@ def test_the_playground_streams_a_chat_answer():
             expected.usage.completion_tokens
         )
         assert browser.evaluate("document.querySelectorAll('.message.error').length") == 0
+
+        # Learner toggle: the same question again, drawn token by token with the top-5 of each step
+        with_logprobs = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=12,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+        )
+        steps = with_logprobs.choices[0].logprobs.content
+        browser.evaluate(
+            "document.getElementById('clear').click();"
+            "document.getElementById('learner').click();"
+            "document.getElementById('input').value = 'Hi';"
+            "document.getElementById('composer').requestSubmit();"
+        )
+        browser.wait_for(
+            "document.getElementById('send').disabled === false && "
+            "/^[0-9]+$/.test(document.getElementById('completion-tokens').textContent)"
+        )
+        boxes = browser.evaluate(
+            "[...document.querySelectorAll('.message.assistant .token')].map(s => s.entry.token)"
+        )
+        assert boxes == [step.token for step in steps] and len(boxes) > 3
+        assert "".join(boxes) == with_logprobs.choices[0].message.content
+        browser.evaluate("document.querySelectorAll('.message.assistant .token')[2].click()")
+        assert browser.evaluate("document.getElementById('inspector').hidden") is False
+        assert browser.evaluate("document.getElementById('inspector-step').textContent").startswith(
+            f"step 3: chose {json.dumps(steps[2].token)}"
+        )
+        rows = browser.evaluate(
+            "[...document.querySelectorAll('#top5 tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
+        )
+        assert [json.loads(token) for token, _ in rows] == [alt.token for alt in steps[2].top_logprobs]
+        shown = [float(p.rstrip("%")) for _, p in rows]
+        assert len(shown) == 5 and sum(shown) <= 100.5
+        for value, alt in zip(shown, steps[2].top_logprobs, strict=True):
+            assert abs(value - 100 * math.exp(alt.logprob)) <= 0.05 + 0.01 * value  # rounding of the page
+        browser.evaluate("document.getElementById('learner').click()")
 
         # Stop: with every decoding step slowed to 100 ms, 25 tokens take >= 2.5 s; Stop aborts the fetch
         # after two tokens and the server cancels the generation, freeing its row.

@@ -158,3 +158,21 @@ def test_requests_that_fill_the_whole_context_never_overflow_the_shared_cache():
         assert scheduler.cache.length <= 24
         scheduler.step()
     assert [tokens(e) for e in collected] == expected
+
+
+def test_flush_follows_each_burst_of_emits():
+    """flush runs after each prefill (a first token is delivered at once) and after every decoding
+    step, so a consumer wakes once per burst; every emit happened before its flush."""
+    model = tiny_gpt()
+    log: list[str] = []
+    scheduler = Scheduler(model, max_batch=4, flush=lambda: log.append("flush"))
+    for prompt in ([1, 2, 3], [4, 5]):
+        request = Request(
+            prompt=prompt, params=GREEDY, max_tokens=3, emit=lambda token, finish: log.append("emit")
+        )
+        scheduler.submit(request)
+    scheduler.step()  # two prefills (one token each), then one decoding step for both rows
+    assert log == ["emit", "flush", "emit", "flush", "emit", "emit", "flush"]
+    log.clear()
+    scheduler.step()  # the last token of each row: both finish
+    assert log == ["emit", "emit", "flush"] and scheduler.cache is None

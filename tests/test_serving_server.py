@@ -7,6 +7,7 @@ tested in test_serving_scheduler.py.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import logging
@@ -430,3 +431,24 @@ def test_cli_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("lmforge serve: error:") for line in errors)
     assert "missing" in errors[0] and "port" in errors[1] and "max_batch" in errors[2]
+
+
+def test_the_mailbox_wakes_the_loop_once_per_flush():
+    from lmforge.serving.server import Mailbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        mailbox, queue, wakes = Mailbox(loop), asyncio.Queue(), []
+        deliver = mailbox._deliver
+        mailbox._deliver = lambda: (wakes.append(1), deliver())
+        poster = threading.Thread(target=lambda: [mailbox.post(queue, i) for i in range(16)])
+        poster.start()
+        poster.join()
+        await asyncio.sleep(0.05)
+        assert queue.empty()  # nothing before the flush
+        mailbox.flush()
+        mailbox.flush()  # a second flush while the delivery is due adds no wake-up
+        items = [await asyncio.wait_for(queue.get(), 5) for _ in range(16)]
+        assert items == list(range(16)) and len(wakes) == 1
+
+    asyncio.run(main())

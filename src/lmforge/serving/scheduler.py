@@ -8,8 +8,15 @@ callback. `Scheduler.step()` does one round:
    so a long prompt never pads the others) and its first token is sampled;
 3. one batched decoding step: the last token of every running row goes through the model at once
    (B, 1) over the shared KV cache, and each row samples its own next token with its own parameters
-   and random generator (`sampling.sample_next` on that row's logits).
+   and random generator (`sampling.sample_next` on that row's logits). Greedy rows without penalties
+   take one batched argmax instead, which is the same choice with less Python per step.
 A row finishes at a stop id ("stop") or after `max_tokens` ("length") and leaves at once.
+
+Log-probabilities. A request with `logprobs=k` also gets, for every generated token, a `TokenLogprobs`:
+the token's log-probability and the k most likely tokens with theirs. They are `log_softmax` of the
+logits row the sampler receives, in float32, BEFORE penalties, temperature, top-k, top-p and min-p,
+i.e. the model's own distribution, as OpenAI's API reports it: a token that top-k excluded can still
+be listed, and at temperature 0.5 the chosen token was drawn with a sharper distribution than shown.
 
 The shared cache. When the membership changes the cache is rebuilt (`regroup`): every row's real
 slots are copied right-aligned to a common length L = the longest row's, and the shorter rows get
@@ -19,7 +26,10 @@ single-request generation with `Engine`. Rebuilding copies the cache (B x L slot
 costs far less than a forward pass and happens only when a request joins or leaves. Because L is
 always the longest live row's length, it never exceeds the model's context.
 
-Runs in one background thread (`start`/`stop`); `step` is public so tests can drive it by hand.
+Runs in one background thread (`start`/`stop`); `step` is public so tests can drive it by hand. The
+optional `flush` callback runs on that thread after each burst of emits (after each prefill, whose
+first token should not wait for the others, and after each decoding step), so a consumer can wake once
+for a whole step's tokens.
 Deliberately not here: text (detokenizing, stop strings), HTTP, limits on the prompt length (the
 server checks them; `submit` only checks that the request fits the context).
 Reference: Yu et al. 2022, Orca (iteration-level scheduling); vLLM's scheduler (waiting/running queues).
@@ -47,6 +57,14 @@ log = logging.getLogger("lmforge.serving")
 Emit = Callable[[int | None, str | None], None]
 
 
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The model's log-probability of one generated token and the k most likely alternatives."""
+
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability), most likely first; k entries
+
+
 class QueueFull(Exception):
     """The scheduler already holds as many requests as it may (the server answers 429)."""
 
@@ -60,8 +78,10 @@ class Request:
     stop_ids: frozenset[int] = frozenset()
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token generated so far
     deadline: float | None = None  # time.monotonic() after which the generation ends with "timeout"
+    logprobs: int | None = None  # None: off; k >= 0: log-probabilities with the k most likely tokens
     # state kept by the scheduler
     generated: list[int] = field(default_factory=list)
+    token_logprobs: list[TokenLogprobs] = field(default_factory=list)  # one per generated token (logprobs)
     cached: int = 0  # this row's real slots in the KV cache
     cancelled: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
@@ -76,7 +96,14 @@ class Request:
 class Scheduler:
     """Runs requests on `model` (a GPT: forward with kv_cache, new_kv_cache) with continuous batching."""
 
-    def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_waiting: int = 32):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch: int = 8,
+        max_waiting: int = 32,
+        flush: Callable[[], None] | None = None,
+    ):
         if max_batch < 1 or max_waiting < 0:
             raise ConfigError(f"max_batch={max_batch} must be >= 1 and max_waiting={max_waiting} >= 0")
         if model.training:  # dropout would make every answer random
@@ -85,6 +112,7 @@ class Scheduler:
         self.block_size: int = model.config.block_size
         self.vocab_size: int = model.config.vocab_size
         self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.flush = flush or (lambda: None)
         self.device = next(model.parameters()).device
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # row b of `cache` is running[b]
@@ -99,6 +127,8 @@ class Scheduler:
         """Queue a request; QueueFull when max_batch + max_waiting requests are already held."""
         if not request.prompt or min(request.prompt) < 0 or max(request.prompt) >= self.vocab_size:
             raise ConfigError(f"the prompt must be non-empty token ids in [0, {self.vocab_size})")
+        if request.logprobs is not None and not 0 <= request.logprobs <= self.vocab_size:
+            raise ConfigError(f"logprobs={request.logprobs} must be in [0, {self.vocab_size}]")
         if request.max_tokens < 1 or len(request.prompt) + request.max_tokens > self.block_size:
             raise ConfigError(
                 f"prompt ({len(request.prompt)} tokens) + max_tokens ({request.max_tokens}) must fit the "
@@ -131,6 +161,7 @@ class Scheduler:
             _finish(request, None, "cancelled")
         self.running, self.cache = [], None
         self.waiting.clear()
+        self.flush()
 
     # --- the scheduler's thread ---------------------------------------------------------------------
 
@@ -149,6 +180,7 @@ class Scheduler:
                     for request in self.running:
                         _finish(request, None, "error")
                     self.running, self.cache = [], None
+                self.flush()
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -172,12 +204,14 @@ class Scheduler:
                 _finish(request, None, "cancelled")
                 continue
             cache = self._prefill(request)
+            self.flush()  # its first token now, not after the other prefills and the decoding step
             if cache is not None:
                 joined.append((request, cache))
         if len(keep) != len(self.running) or joined:
             self._regroup(keep, joined)
         if self.running:
             self._decode()
+        self.flush()
 
     def _prefill(self, request: Request) -> KVCache | None:
         """Run the prompt through a fresh one-row cache and sample the first token; the cache, or None
@@ -192,30 +226,25 @@ class Scheduler:
         idx = torch.tensor([request.prompt], device=self.device)  # (1, P)
         logits, _ = self.model(idx, kv_cache=cache, last_only=True)  # (1, 1, V)
         request.cached = len(request.prompt)
-        return cache if self._sample(request, logits[:, -1]) else None
+        (token,) = choose([request], logits[:, -1].float())
+        return cache if self._take(request, token) else None
 
     def _decode(self) -> None:
         """One batched step over the running rows; finished rows leave."""
         assert self.cache is not None
         ids = torch.tensor([[r.generated[-1]] for r in self.running], device=self.device)  # (B, 1)
         logits, _ = self.model(ids, kv_cache=self.cache)  # (B, 1, V)
+        tokens = choose(self.running, logits[:, -1].float())
         still = []
-        for b, request in enumerate(self.running):
+        for b, (request, token) in enumerate(zip(self.running, tokens, strict=True)):
             request.cached += 1
-            if self._sample(request, logits[b : b + 1, -1]):
+            if self._take(request, token):
                 still.append(b)
         if len(still) != len(self.running):
             self._regroup([self.running[b] for b in still], [])
 
-    def _sample(self, request: Request, logits: torch.Tensor) -> bool:
-        """Choose and emit the next token of one row from its logits (1, V); False when it finished."""
-        if request.presence_penalty != 0.0 and request.counts is not None:
-            logits = logits.float() - request.presence_penalty * (request.counts > 0)
-        token = int(
-            sample_next(
-                logits, request.params, generator=request.generator, seen=request.seen, counts=request.counts
-            )[0]
-        )
+    def _take(self, request: Request, token: int) -> bool:
+        """Record and emit the next token of one row; False when the row finished."""
         request.generated.append(token)
         if request.seen is not None:
             request.seen[0, token] = True
@@ -244,6 +273,41 @@ class Scheduler:
         # tokens each row may still feed: one per token it may still generate after the last one
         remaining = [r.max_tokens - len(r.generated) for r, _, _ in sources]
         self.cache = regroup(self.model, rows, remaining=remaining)
+
+
+def choose(requests: Sequence[Request], logits: torch.Tensor) -> list[int]:
+    """The next token of each request from its row of float32 logits (B, V), and the log-probabilities
+    of the requests that asked for them (appended to `request.token_logprobs`)."""
+    plain = [b for b, r in enumerate(requests) if r.params.greedy and r.seen is None and r.counts is None]
+    plain_set, tokens = set(plain), [0] * len(requests)
+    if plain:  # one argmax for every greedy row without penalties: what sample_next would pick
+        for b, token in zip(plain, logits[plain].argmax(dim=-1).tolist(), strict=True):
+            tokens[b] = token
+    for b, request in enumerate(requests):
+        if b in plain_set:
+            continue
+        row = logits[b : b + 1]  # (1, V)
+        if request.presence_penalty != 0.0 and request.counts is not None:
+            row = row - request.presence_penalty * (request.counts > 0)
+        tokens[b] = int(
+            sample_next(
+                row, request.params, generator=request.generator, seen=request.seen, counts=request.counts
+            )[0]
+        )
+    wanting = [b for b, r in enumerate(requests) if r.logprobs is not None]
+    if wanting:
+        logp = torch.log_softmax(logits[wanting], dim=-1)  # (W, V): the model's own distribution
+        chosen = logp.gather(1, torch.tensor([[tokens[b]] for b in wanting], device=logp.device))  # (W, 1)
+        k = max(requests[b].logprobs or 0 for b in wanting)
+        values, ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())  # (W, k) each
+        for b, value, top_values, top_ids in zip(
+            wanting, chosen[:, 0].tolist(), values.tolist(), ids.tolist(), strict=True
+        ):
+            k_b = requests[b].logprobs or 0
+            requests[b].token_logprobs.append(
+                TokenLogprobs(value, list(zip(top_ids[:k_b], top_values[:k_b], strict=True)))
+            )
+    return tokens
 
 
 def regroup(

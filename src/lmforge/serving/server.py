@@ -9,6 +9,11 @@ Routes: `POST /v1/completions`, `POST /v1/chat/completions` (the checkpoint's ch
 carries `usage` (prompt, completion and total tokens; a stream puts it in its last chunk). Sampling
 parameters keep the API's names: temperature, top_p, max_tokens (or max_completion_tokens), stop, seed,
 n, presence_penalty, frequency_penalty; top_k, min_p and repetition_penalty are extensions.
+Log-probabilities as OpenAI shapes them: chat takes `logprobs: true` and `top_logprobs` (0..20) and
+answers `choices[i].logprobs.content` (token, logprob, bytes, top_logprobs), completions take
+`logprobs` (0..5) and answer `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`; streamed
+chunks carry the entries of the tokens they cover. The values are the model's own distribution, before
+penalties, temperature and the top-k/top-p/min-p filters (scheduler.py says why).
 
 Safe by default: the CLI binds 127.0.0.1; an optional bearer API key guards /v1/*; prompt tokens,
 max_tokens, n, requests held (running + queued, then 429), body bytes (413) and the time of one
@@ -19,15 +24,18 @@ goes to the log). Each request writes one JSON access-log line to the `lmforge.s
 
 The model is loaded in a background thread when the app starts, so /health answers 503 until it is
 ready. The text layer (UTF-8-safe detokenizing, stop strings) runs per choice on the event loop; the
-scheduler thread only sees token ids. A client that disconnects cancels its generation.
+scheduler thread only sees token ids and hands them over through one `Mailbox`, which wakes the event
+loop once per decoding step (the scheduler flushes it) rather than once per token; a stream writes the
+events that are ready as one body part. A client that disconnects cancels its generation.
 Deliberately not here: batching (scheduler.py), TLS and rate limiting per user (a reverse proxy's job),
-logprobs, tools and function calling.
+`echo`, tools and function calling.
 Reference: OpenAI API reference (completions, chat completions, streaming, error codes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 import logging
@@ -49,7 +57,7 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.inference.chat import chat_format
 from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.text import IncrementalDetokenizer, StopStrings, default_stop_ids
-from lmforge.serving.scheduler import QueueFull, Scheduler
+from lmforge.serving.scheduler import QueueFull, Scheduler, TokenLogprobs
 from lmforge.serving.scheduler import Request as Generation
 
 log = logging.getLogger("lmforge.serving")
@@ -122,6 +130,7 @@ class SamplingFields(BaseModel):
 
 class CompletionBody(SamplingFields):
     prompt: str | list[str] | list[int]
+    logprobs: int | None = Field(None, ge=0, le=5)  # log-probabilities of the k most likely tokens too
 
 
 class TextPart(BaseModel):
@@ -137,6 +146,8 @@ class Message(BaseModel):
 class ChatBody(SamplingFields):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 # --- the app ----------------------------------------------------------------------------------------
@@ -145,12 +156,17 @@ class ChatBody(SamplingFields):
 class Served:
     """What the routes need once the model is loaded."""
 
-    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any], config: ServerConfig):
+    def __init__(
+        self, model: Any, tokenizer: Any, meta: dict[str, Any], config: ServerConfig, mailbox: Mailbox
+    ):
         self.tokenizer = tokenizer
+        self.tokens = TokenTexts(tokenizer)
         self.chat = chat_format(tokenizer, meta)
         self.block_size: int = model.config.block_size
         self.max_prompt_tokens = min(config.max_prompt_tokens or self.block_size - 1, self.block_size - 1)
-        self.scheduler = Scheduler(model, max_batch=config.max_batch, max_waiting=config.max_waiting)
+        self.scheduler = Scheduler(
+            model, max_batch=config.max_batch, max_waiting=config.max_waiting, flush=mailbox.flush
+        )
         self.scheduler.start()
 
 
@@ -163,13 +179,14 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             model, tokenizer, meta = load()
             if tokenizer is None:
                 raise ConfigError("the checkpoint has no tokenizer; the server needs one for text")
-            state["served"] = Served(model, tokenizer, meta, config)
+            state["served"] = Served(model, tokenizer, meta, config, state["mailbox"])
             log.info(json.dumps({"event": "ready", "model": config.model_name}))
         except Exception as e:  # reported by /health and every route as 503
             state["load_error"] = str(e) if isinstance(e, LmforgeError) else type(e).__name__
             log.exception("loading the model failed")
 
     async def lifespan(app: FastAPI):
+        state["mailbox"] = Mailbox(asyncio.get_running_loop())
         threading.Thread(target=load_in_background, name="lmforge-load", daemon=True).start()
         yield
         if state["served"] is not None:
@@ -261,7 +278,7 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             else:
                 ids.append(list(p))
         max_tokens = body.max_tokens if body.max_tokens is not None else min(16, config.max_tokens)
-        job = start_job(s, body, ids, max_tokens, default_stop_ids(s.tokenizer))
+        job = start_job(s, body, ids, max_tokens, default_stop_ids(s.tokenizer), logprobs=body.logprobs)
         return await respond(job, body, request, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -276,14 +293,23 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             raise APIError(400, str(e), param="messages") from None
         except Exception as e:  # a Jinja template may raise on an unexpected conversation
             raise APIError(400, f"the chat template rejected the messages: {e}", param="messages") from None
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is None:
             max_tokens = max(1, min(config.max_tokens, s.block_size - len(prompt)))
-        job = start_job(s, body, [prompt], max_tokens, s.chat.stop_ids())
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        job = start_job(s, body, [prompt], max_tokens, s.chat.stop_ids(), logprobs=logprobs)
         return await respond(job, body, request, chat=True)
 
     def start_job(
-        s: Served, body: SamplingFields, prompts: list[list[int]], max_tokens: int, stop_ids: Sequence[int]
+        s: Served,
+        body: SamplingFields,
+        prompts: list[list[int]],
+        max_tokens: int,
+        stop_ids: Sequence[int],
+        *,
+        logprobs: int | None,
     ) -> Job:
         """Validate against the limits and submit n generations per prompt; -> a Job."""
         if max_tokens > config.max_tokens:
@@ -331,7 +357,13 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             )
         except LmforgeError as e:
             raise APIError(400, str(e)) from None
-        job = Job(s.tokenizer, stop, asyncio.get_running_loop(), prompt_tokens=sum(map(len, prompts)))
+        job = Job(
+            s.tokenizer,
+            stop,
+            state["mailbox"],
+            prompt_tokens=sum(map(len, prompts)),
+            texts=None if logprobs is None else s.tokens,
+        )
         deadline = time.monotonic() + config.request_timeout
         try:
             for p in prompts:
@@ -344,6 +376,7 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
                         stop_ids=frozenset(stop_ids),
                         presence_penalty=body.presence_penalty,
                         deadline=deadline,
+                        logprobs=logprobs,
                         emit=job.emitter(len(job.generations)),
                     )
                     s.scheduler.submit(generation)
@@ -370,7 +403,7 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             )
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
-            texts, finishes = await job.collect()
+            texts, finishes, entries = await job.collect()
         finally:
             watcher.cancel()
             job.cancel()
@@ -382,17 +415,18 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
             raise APIError(500, "internal server error", type="server_error")
         choices = []
         for index, (text, finish) in enumerate(zip(texts, finishes, strict=True)):
+            logprobs = None if job.texts is None else logprobs_field(job.texts, entries[index], chat=chat)
             if chat:
                 choices.append(
                     {
                         "index": index,
                         "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
+                        "logprobs": logprobs,
                         "finish_reason": finish,
                     }
                 )
             else:
-                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": finish})
+                choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
         return {
             "id": rid,
             "object": "chat.completion" if chat else "text_completion",
@@ -405,12 +439,15 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
     async def stream_events(job: Job, rid: str, created: int, *, chat: bool, include_usage: bool):
         kind = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(index: int, text: str | None, finish: str | None, first: bool = False, usage=None) -> str:
+        def chunk(
+            index: int, text: str | None, finish: str | None, first: bool = False, usage=None, entries=()
+        ) -> str:
+            logprobs = None if job.texts is None else logprobs_field(job.texts, entries, chat=chat)
             if chat:
                 delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-                choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             else:
-                choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+                choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
             return _sse(
                 {
                     "id": rid,
@@ -422,36 +459,39 @@ def create_app(load: Callable[[], tuple[Any, Any, dict[str, Any]]], config: Serv
                 }
             )
 
-        finished = 0
+        finished, ready = 0, []  # ready: events not yet written
         try:
-            if chat:
-                for index in range(len(job.generations)):
-                    yield chunk(index, None, None, first=True)
-            async for index, text, finish in job.events():
+            if chat:  # the assistant role first, as OpenAI does
+                yield "".join(chunk(index, None, None, first=True) for index in range(len(job.generations)))
+            async for index, text, finish, entries in job.events():
                 if finish in ("timeout", "error"):
                     timeout = finish == "timeout"
                     message = "the request took too long" if timeout else "internal server error"
-                    yield _sse(error_body(message, "timeout" if timeout else "server_error"))
+                    ready.append(_sse(error_body(message, "timeout" if timeout else "server_error")))
                     break
                 finished += finish is not None
-                if text or finish:
-                    # the chunk that ends the last choice carries the usage (OpenAI's chunks have the
-                    # field; with stream_options.include_usage a separate usage chunk follows too)
-                    last = finished == len(job.generations) and not include_usage
-                    yield chunk(index, text, finish, usage=job.usage() if last else None)
+                # the chunk that ends the last choice carries the usage (OpenAI's chunks have the
+                # field; with stream_options.include_usage a separate usage chunk follows too)
+                last = finished == len(job.generations) and not include_usage
+                ready.append(chunk(index, text, finish, usage=job.usage() if last else None, entries=entries))
+                if job.queue.empty():  # nothing else is waiting: write what is ready as one body part
+                    yield "".join(ready)
+                    ready.clear()
             else:
                 if include_usage:
-                    yield _sse(
-                        {
-                            "id": rid,
-                            "object": kind,
-                            "created": created,
-                            "model": config.model_name,
-                            "choices": [],
-                            "usage": job.usage(),
-                        }
+                    ready.append(
+                        _sse(
+                            {
+                                "id": rid,
+                                "object": kind,
+                                "created": created,
+                                "model": config.model_name,
+                                "choices": [],
+                                "usage": job.usage(),
+                            }
+                        )
                     )
-            yield "data: [DONE]\n\n"
+            yield "".join(ready) + "data: [DONE]\n\n"
         finally:
             job.cancel()  # the client went away, or the stream ended: free the rows
 
@@ -463,13 +503,88 @@ def model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "lmforge"}
 
 
+class Mailbox:
+    """Hands items from the scheduler's thread to asyncio queues on the event loop, waking the loop once
+    per flush: the 16 tokens of one decoding step of 16 rows cost one wake-up, not 16."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: collections.deque[tuple[asyncio.Queue, Any]] = collections.deque()
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue, item: Any) -> None:
+        """Put `item` on `queue` at the next flush (any thread)."""
+        self.items.append((queue, item))
+
+    def flush(self) -> None:
+        """Deliver what was posted: wake the event loop unless a delivery is already due (any thread)."""
+        if self.items and not self.scheduled:
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the event loop is closed: nobody waits for these items any more
+                self.items.clear()
+
+    def _deliver(self) -> None:  # on the event loop
+        self.scheduled = False  # first: an item posted from now on schedules another delivery
+        while self.items:
+            queue, item = self.items.popleft()
+            queue.put_nowait(item)
+
+
+class TokenTexts:
+    """Each token id as OpenAI shows it in logprobs: its text and its bytes.
+
+    A byte-level token that is not whole UTF-8 on its own shows its bytes as backslash escapes: the
+    bytes E2 80 (the start of a 3-byte character) become the 8 characters `\\xe2\\x80`, and the bytes
+    field keeps [226, 128]. Cached per id.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, tuple[str, list[int]]] = {}
+
+    def __call__(self, token: int) -> tuple[str, list[int]]:
+        if token not in self.cache:
+            raw = self.tokenizer.decode_bytes([token])
+            self.cache[token] = (raw.decode("utf-8", errors="backslashreplace"), list(raw))
+        return self.cache[token]
+
+
+# (token id, its log-probabilities, characters of the choice's text before it)
+Entry = tuple[int, TokenLogprobs, int]
+
+
+def logprobs_field(texts: TokenTexts, entries: Sequence[Entry], *, chat: bool) -> dict[str, Any]:
+    """The `logprobs` of a choice (or of a streamed chunk) in OpenAI's shape, chat or legacy completions."""
+    if chat:
+        content = []
+        for token, lp, _ in entries:
+            text, raw = texts(token)
+            top = [{"token": t, "logprob": v, "bytes": b} for t, b, v in ((*texts(i), v) for i, v in lp.top)]
+            content.append({"token": text, "logprob": lp.logprob, "bytes": raw, "top_logprobs": top})
+        return {"content": content, "refusal": None}
+    return {
+        "tokens": [texts(token)[0] for token, _, _ in entries],
+        "token_logprobs": [lp.logprob for _, lp, _ in entries],
+        "top_logprobs": [{texts(i)[0]: v for i, v in lp.top} for _, lp, _ in entries],
+        "text_offset": [offset for _, _, offset in entries],
+    }
+
+
 class Job:
     """The generations of one API request (n per prompt) and the text layer of each choice."""
 
     def __init__(
-        self, tokenizer: Any, stop: list[str], loop: asyncio.AbstractEventLoop, *, prompt_tokens: int
+        self,
+        tokenizer: Any,
+        stop: list[str],
+        mailbox: Mailbox,
+        *,
+        prompt_tokens: int,
+        texts: TokenTexts | None = None,  # set when the request asked for logprobs
     ):
-        self.tokenizer, self.stop, self.loop = tokenizer, stop, loop
+        self.tokenizer, self.stop, self.mailbox, self.texts = tokenizer, stop, mailbox, texts
         self.prompt_tokens = prompt_tokens
         self.generations: list[Generation] = []
         self.client_gone = False  # set when the client disconnected before the answer was ready
@@ -477,7 +592,7 @@ class Job:
 
     def emitter(self, index: int):
         def emit(token: int | None, finish: str | None) -> None:  # called on the scheduler's thread
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, token, finish))
+            self.mailbox.post(self.queue, (index, token, finish))
 
         return emit
 
@@ -493,18 +608,29 @@ class Job:
             "total_tokens": self.prompt_tokens + completion,
         }
 
-    async def events(self) -> AsyncIterator[tuple[int, str, str | None]]:
-        """(choice index, new text, finish reason or None) until every choice has finished."""
-        detoks = [IncrementalDetokenizer(self.tokenizer) for _ in self.generations]
-        stops = [StopStrings(self.stop) for _ in self.generations]
-        open_choices = set(range(len(self.generations)))
+    async def events(self) -> AsyncIterator[tuple[int, str, str | None, list[Entry]]]:
+        """(choice index, new text, finish reason or None, logprob entries of the tokens since the last
+        event) each time a choice has new text or finishes, until every choice has finished. The token
+        of a stop id is not in the text, nor in the entries."""
+        n = len(self.generations)
+        detoks = [IncrementalDetokenizer(self.tokenizer) for _ in range(n)]
+        stops = [StopStrings(self.stop) for _ in range(n)]
+        received, chars = [0] * n, [0] * n  # tokens received, characters detokenized, per choice
+        pending: list[list[Entry]] = [[] for _ in range(n)]
+        open_choices = set(range(n))
         while open_choices:
             index, token, finish = await self.queue.get()
             if index not in open_choices:
                 continue  # tokens generated after a stop string ended this choice
             text = ""
             if token is not None and not (finish == "stop" and token in self.generations[index].stop_ids):
-                text, hit = stops[index].push(detoks[index].push([token]))
+                if self.texts is not None:  # the scheduler appended the entry before emitting the token
+                    lp = self.generations[index].token_logprobs[received[index]]
+                    pending[index].append((token, lp, chars[index]))
+                received[index] += 1
+                piece = detoks[index].push([token])
+                chars[index] += len(piece)
+                text, hit = stops[index].push(piece)
                 if hit:
                     self.generations[index].cancel()
                     finish = "stop"
@@ -515,16 +641,20 @@ class Job:
                 if finish == "cancelled":
                     finish = "stop"  # only a stop string (or a gone client) cancels a choice
                 open_choices.discard(index)
-            yield index, text, finish
+            if text or finish is not None:
+                yield index, text, finish, pending[index]
+                pending[index] = []
 
-    async def collect(self) -> tuple[list[str], list[str]]:
+    async def collect(self) -> tuple[list[str], list[str], list[list[Entry]]]:
         texts = [""] * len(self.generations)
         finishes = [""] * len(self.generations)
-        async for index, text, finish in self.events():
+        entries: list[list[Entry]] = [[] for _ in self.generations]
+        async for index, text, finish, new in self.events():
             texts[index] += text
+            entries[index] += new
             if finish:
                 finishes[index] = finish
-        return texts, finishes
+        return texts, finishes, entries
 
 
 class GuardMiddleware:

@@ -1,5 +1,8 @@
 // The playground: a chat over POST /v1/chat/completions with "stream": true (server-sent events).
 // Plain JavaScript, no build step and nothing fetched from elsewhere.
+// Learner mode (the "Show tokens" box) also asks for logprobs with top_logprobs: 5 and draws the answer
+// token by token as the tokenizer split it; clicking a token shows the 5 most likely next tokens at that
+// step with their probabilities (the model's own distribution, before temperature and top-k/top-p).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -27,6 +30,54 @@ function addMessage(role, text) {
   $("messages").append(div);
   $("messages").scrollTop = $("messages").scrollHeight;
   return body;
+}
+
+// A token as text that shows its edges: a newline as ↵ (then the line break), an empty token as ∅.
+function visible(token) {
+  return token === "" ? "∅" : token.replace(/\n/g, "↵\n");
+}
+
+function percent(logprob) {
+  const p = 100 * Math.exp(logprob);
+  return (p >= 10 ? p.toFixed(1) : p.toPrecision(2)) + "%";
+}
+
+// Show one generated token's step in the inspector: the token chosen and the top 5 with bars.
+function inspect(span) {
+  document.querySelectorAll(".token.selected").forEach((s) => s.classList.remove("selected"));
+  span.classList.add("selected");
+  const entry = span.entry;
+  $("inspector").hidden = false;
+  $("inspector-step").textContent =
+    "step " + span.dataset.step + ": chose " + JSON.stringify(entry.token) + " (" + percent(entry.logprob) + ")";
+  const rows = $("top5").querySelector("tbody");
+  rows.textContent = "";
+  for (const alt of entry.top_logprobs) {
+    const tr = document.createElement("tr");
+    if (alt.token === entry.token) tr.className = "chosen";
+    const tok = document.createElement("td");
+    tok.className = "tok";
+    tok.textContent = JSON.stringify(alt.token);
+    const prob = document.createElement("td");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = (4 * Math.exp(alt.logprob)).toFixed(2) + "em";
+    prob.append(bar, percent(alt.logprob));
+    tr.append(tok, prob);
+    rows.append(tr);
+  }
+}
+
+function addToken(container, entry) {
+  const span = document.createElement("span");
+  span.className = "token";
+  span.textContent = visible(entry.token);
+  span.title = percent(entry.logprob);
+  span.dataset.step = container.childElementCount + 1;
+  span.entry = entry;
+  span.addEventListener("click", () => inspect(span));
+  container.append(span);
+  return span;
 }
 
 async function loadModel() {
@@ -63,6 +114,11 @@ async function send(text) {
     max_tokens: parseInt($("max_tokens").value, 10),
   };
   if (topK > 0) body.top_k = topK;
+  const learner = $("learner").checked;
+  if (learner) {
+    body.logprobs = true;
+    body.top_logprobs = 5;
+  }
   controller = new AbortController();
   setBusy(true);
   const started = performance.now();
@@ -98,6 +154,9 @@ async function send(text) {
           }
         }
         for (const choice of chunk.choices || []) {
+          if (learner && choice.logprobs && choice.logprobs.content) {
+            for (const entry of choice.logprobs.content) inspect(addToken(output, entry));
+          }
           const piece = (choice.delta && choice.delta.content) || "";
           if (!piece) continue;
           if (first === null) {
@@ -106,7 +165,7 @@ async function send(text) {
           }
           pieces += 1;
           reply += piece;
-          output.textContent = reply;
+          if (!learner) output.textContent = reply;
           $("completion-tokens").textContent = "≈" + pieces;
           $("messages").scrollTop = $("messages").scrollHeight;
         }
@@ -138,6 +197,7 @@ $("stop").addEventListener("click", () => controller && controller.abort());
 $("clear").addEventListener("click", () => {
   history.length = 0;
   $("messages").textContent = "";
+  $("inspector").hidden = true;
 });
 for (const id of ["temperature", "top_p"]) {
   $(id).addEventListener("input", () => ($(id + "-value").textContent = $(id).value));
