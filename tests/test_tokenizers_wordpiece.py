@@ -189,3 +189,37 @@ def test_truncation_and_padding_need_a_length(small):
         small.encode("a", pair="a", max_length=2, truncation=True)
     batch = small.encode_batch(["a", "a a a"], padding="longest")
     assert [len(e) for e in batch] == [5, 5] and batch[0].attention_mask == [1, 1, 1, 0, 0]
+
+
+def test_cli_train_encode_decode_inspect(tmp_path, capsys, shakespeare_sample):
+    from lmforge.cli import main
+
+    corpus = tmp_path / "a.txt"
+    corpus.write_text(shakespeare_sample[:20_000], encoding="utf-8")
+    out, hf, vocab = tmp_path / "wp.json", tmp_path / "hf.json", tmp_path / "vocab.txt"
+    argv = ["tokenizer", "train", "--kind", "wordpiece", "--input", str(corpus), "--vocab-size", "200"]
+    assert main([*argv, "--out", str(out), "--hf-out", str(hf), "--vocab-out", str(vocab)]) == 0
+    assert "vocabulary of 200" in capsys.readouterr().out
+    tok = load_tokenizer(out)
+    assert load_tokenizer(hf).vocab == tok.vocab == WordPieceTokenizer.from_vocab_file(vocab).vocab
+
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "To be,", "--pair", "or not"]) == 0
+    printed = [int(i) for i in capsys.readouterr().out.split()]
+    assert printed == tok.encode("To be,", "or not").ids and printed[0] == tok.special_tokens["[CLS]"]
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "To be", "--details"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = tok.encode("To be").ids[1]  # "t" or "to", depending on what 200 entries hold
+    assert len(lines) == 1 + len(tok.encode("To be")) and lines[2].split()[:3] == [str(first), "type", "0"]
+    assert main(["tokenizer", "decode", "--tokenizer", str(out), "--ids", " ".join(map(str, printed))]) == 0
+    assert capsys.readouterr().out == "[CLS] to be, [SEP] or not [SEP]"
+    assert (
+        main(["tokenizer", "inspect", "--tokenizer", str(out), "--text-file", str(corpus), "--no-color"]) == 0
+    )
+    report = capsys.readouterr().out
+    assert "kind wordpiece, vocab_size 200" in report and "are [UNK]" in report
+
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "a [MASK]"]) == 2
+    assert "--allow-special" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_text("[PAD]\nhello\n", encoding="utf-8")
+    assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "bad.txt"), "--text", "a"]) == 2
+    assert "no [UNK] line" in capsys.readouterr().err
