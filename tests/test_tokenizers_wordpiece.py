@@ -78,6 +78,7 @@ def test_normalizer_by_hand():
 
 def test_protocol_and_decode(small):
     assert isinstance(small, Tokenizer)
+    assert small.eot_id == 3  # [SEP] separates documents in prepared shards
     assert small.decode(small.encode("hugging, a!").ids) == "[CLS] hugging, a! [SEP]"
     assert small.decode(small.encode("hugging, a!").ids, skip_special_tokens=True) == "hugging, a!"
     with pytest.raises(TokenizerError, match="not in this tokenizer"):

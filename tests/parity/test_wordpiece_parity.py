@@ -71,6 +71,7 @@ def _same(ours_encoding, ref_encoding) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_every_wiki_lead_and_adversarial_text_matches_tokenizers(ours, vocab_file):
     reference = _reference(vocab_file)
     texts = _leads() + ADVERSARIAL

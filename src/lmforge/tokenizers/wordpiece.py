@@ -486,7 +486,8 @@ class WordPieceTokenizer:
 
     @property
     def eot_id(self) -> int | None:
-        return None
+        """[SEP], which ends every BERT segment: the separator between documents in prepared shards."""
+        return self.special_tokens.get(SEP)
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Pieces joined by spaces, `##` continuations glued to the piece before, and no space before
