@@ -39,13 +39,16 @@ def best_of(repeats: int, fn) -> tuple[float, float]:
 
 
 def bench_encoding(repeats: int) -> None:
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, Tokenizer
 
     texts = [doc.text for doc in builtin_documents("wiki-leads")]
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     vocab = minilm_dir() / "vocab.txt"
     ours = WordPieceTokenizer.from_vocab_file(vocab, lowercase=True)
     peer = BertWordPieceTokenizer(str(vocab), lowercase=True)
+    ids_only = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))  # the same model, as MiniLM ships it
+    ids_only.no_truncation()
+    ids_only.no_padding()
     assert [ours.encode(t).ids for t in texts[:200]] == [e.ids for e in peer.encode_batch(texts[:200])]
     cold = WordPieceTokenizer(ours.vocab)  # its chunk cache is empty: the first pass fills it
     cold_seconds = best_of(1, lambda: cold.encode_batch(texts))
@@ -54,6 +57,7 @@ def bench_encoding(repeats: int) -> None:
         "lmforge `encode`, one call per text": lambda: [ours.encode(t) for t in texts],
         "HF tokenizers `encode_batch` (Rust threads)": lambda: peer.encode_batch(texts),
         "lmforge `encode_batch`": lambda: ours.encode_batch(texts),
+        "HF tokenizers `encode_batch_fast` (ids only, no offsets)": lambda: ids_only.encode_batch_fast(texts),
         "lmforge `encode_ordinary` (ids only, no offsets)": lambda: ours.encode_ordinary_batch(texts),
     }
     seconds = {name: best_of(repeats, fn) for name, fn in rows.items()}
@@ -63,11 +67,21 @@ def bench_encoding(repeats: int) -> None:
     seconds["lmforge `encode_batch`, first pass (empty chunk cache)"] = cold_seconds
     for name, (wall, cpu) in seconds.items():
         print(f"| {name} | {wall:.2f} | {mb / wall:.2f} | {cpu:.2f} |")
-    single = (
-        seconds["lmforge `encode`, one call per text"] / seconds["HF tokenizers `encode`, one call per text"]
-    )
-    batch = seconds["lmforge `encode_batch`"] / seconds["HF tokenizers `encode_batch` (Rust threads)"]
-    print(f"time ratio lmforge / HF: one call per text {single:.2f}x, batch {batch:.2f}x")
+    pairs = {
+        "one call per text": (
+            "lmforge `encode`, one call per text",
+            "HF tokenizers `encode`, one call per text",
+        ),
+        "batch": ("lmforge `encode_batch`", "HF tokenizers `encode_batch` (Rust threads)"),
+        "ids only": (
+            "lmforge `encode_ordinary` (ids only, no offsets)",
+            "HF tokenizers `encode_batch_fast` (ids only, no offsets)",
+        ),
+    }
+    for what, (ours_row, peer_row) in pairs.items():
+        wall = seconds[ours_row][0] / seconds[peer_row][0]
+        cpu = seconds[ours_row][1] / seconds[peer_row][1]
+        print(f"lmforge / HF time, {what}: wall {wall:.2f}x, CPU {cpu:.2f}x")
 
 
 def training_corpus(megabytes: float) -> tuple[list[str], list[str]]:

@@ -224,3 +224,16 @@ def test_cli_train_encode_decode_inspect(tmp_path, capsys, shakespeare_sample):
     (tmp_path / "bad.txt").write_text("[PAD]\nhello\n", encoding="utf-8")
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "bad.txt"), "--text", "a"]) == 2
     assert "no [UNK] line" in capsys.readouterr().err
+
+
+def test_word_counts_equal_the_pre_tokenizer_words():
+    """count_words counts whitespace chunks first and splits each distinct chunk once: the counts and
+    their order of first appearance must equal a plain pass of the pre-tokenizer over every text."""
+    texts = ["Hello, world! hello (world)... naïve 北京北京 tab\there", "x\x00y don't world, HELLO!", "  "]
+    normalizer = BertNormalizer()
+    plain: dict[str, int] = {}
+    for text in texts:
+        for word, _, _ in normalizer.words(text):
+            plain[word] = plain.get(word, 0) + 1
+    counted = count_words(texts, normalizer)
+    assert list(counted.items()) == list(plain.items())

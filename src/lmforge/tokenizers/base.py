@@ -34,7 +34,8 @@ class Tokenizer(Protocol):
     """What the rest of lmforge may use of any tokenizer (BPETokenizer, CharTokenizer, ...).
 
     Ids run 0..vocab_size-1; `special_tokens` maps each special token's text to its id; `eot_id` is the
-    id of "<|endoftext|>" (of "[SEP]" for WordPiece) or None. `to_dict()` is the tokenizer.json content (module docstring).
+    id of "<|endoftext|>" (of "[SEP]" for WordPiece) or None. `to_dict()` is the tokenizer.json content
+    (module docstring).
     `encode_ordinary` gives the plain ids of a text for every kind. WordPiece (an encoder's tokenizer)
     departs in `encode` and `encode_batch`, which return BERT model inputs (`WordPieceEncoding`: ids with
     [CLS]/[SEP], token types, attention mask, offsets) rather than a list of ids.
