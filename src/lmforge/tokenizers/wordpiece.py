@@ -4,17 +4,22 @@ character offsets), BERT `vocab.txt` and Hugging Face `tokenizer.json` files, an
 
 Text goes through three steps, as in BERT's own tokenizer and HF `tokenizers`' `BertNormalizer` +
 `BertPreTokenizer` + `WordPiece` model:
-1. normalize, character by character: drop NUL, U+FFFD and control/format/unassigned/private-use
-   characters (Unicode "C*" categories, except tab, newline and carriage return); turn whitespace into a
-   space; if `strip_accents`, decompose (NFD) and drop non-spacing marks ("é" -> "e"); if `lowercase`, lower
-   each character. Each normalized character remembers the original character it came from, which gives
-   the offsets. `strip_accents=None` means "same as lowercase", as in BERT's uncased models.
+1. normalize, character by character: drop NUL, U+FFFD and control, format and private-use characters
+   (Unicode Cc, Cf, Co; tab, newline and carriage return become spaces; unassigned code points are kept,
+   as HF does); turn whitespace into a space; if `strip_accents`, decompose (NFD) and drop non-spacing
+   marks ("é" -> "e"); if `lowercase`, lower each character. Each normalized character remembers the
+   original character it came from, which gives the offsets. `strip_accents=None` means "same as
+   lowercase", as in BERT's uncased models.
 2. pre-tokenize: split on whitespace, then every punctuation character (Unicode "P*" categories, plus all
    ASCII symbols such as `$+<=>^`|~`) and every CJK ideograph is a word of its own.
 3. per word, greedy longest-match-first: take the longest vocabulary entry that starts the word, then
    the longest `##`-prefixed entry that continues it, and so on. A word with a position no entry covers,
    or longer than `max_input_chars_per_word` (100, as BERT), becomes one `[UNK]`.
    Example with vocab {hu, ##gg, ##ing, ##i, ##n, ##g}: "hugging" -> hu ##gg ##ing.
+Character classes come from Python's `unicodedata` (Unicode 14.0 on Python 3.11). HF `tokenizers` uses
+tables of other Unicode versions, so characters added or recategorised since Unicode 3.2 (new
+combining marks, punctuation and format characters) can be cut differently; every character whose
+category is unchanged since 3.2 gives identical output (tests/parity/test_wordpiece_parity.py).
 
 The `Tokenizer` protocol (base.py) and this class: `encode_ordinary(text)` returns the plain ids of a
 text (no [CLS]/[SEP]), which is what data preparation and `tokenizer encode` use for every kind;
@@ -85,7 +90,7 @@ def _normalize_char(c: str, *, lowercase: bool, strip_accents: bool) -> str:
     """
     if c in "\t\n\r":
         return " "
-    if c in "\x00\ufffd" or unicodedata.category(c).startswith("C"):
+    if c in "\x00\ufffd" or unicodedata.category(c) in ("Cc", "Cf", "Co"):
         return ""
     if c.isspace():
         return " "
