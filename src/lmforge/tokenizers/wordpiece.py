@@ -643,25 +643,34 @@ class WordPieceTokenizer:
             raise FormatError(source, "model.vocab must map each token to an integer id")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise FormatError(source, "model.vocab ids must run 0..n-1 without gaps or repeats")
-        normalizer = d.get("normalizer") or {}
+        normalizer = d.get("normalizer") if isinstance(d.get("normalizer"), dict) else {}
         if normalizer.get("type") != "BertNormalizer" or normalizer.get("clean_text") is False:
             raise FormatError(
                 source, f"normalizer {normalizer.get('type')!r} is not supported (BertNormalizer)"
             )
-        pre_tokenizer = d.get("pre_tokenizer") or {}
+        pre_tokenizer = d.get("pre_tokenizer") if isinstance(d.get("pre_tokenizer"), dict) else {}
         if pre_tokenizer.get("type") != "BertPreTokenizer":
             raise FormatError(
                 source, f"pre_tokenizer {pre_tokenizer.get('type')!r} is not supported (BertPreTokenizer)"
             )
-        added = d.get("added_tokens") or []
-        specials = [a["content"] for a in added if isinstance(a, dict) and a.get("special")]
+        max_chars = model.get("max_input_chars_per_word", MAX_WORD_CHARS)
+        if type(max_chars) is not int or max_chars < 1:
+            raise FormatError(
+                source, f"model.max_input_chars_per_word must be a positive integer, got {max_chars!r}"
+            )
+        if normalizer.get("strip_accents") not in (None, True, False):
+            raise FormatError(source, "normalizer.strip_accents must be true, false or null")
+        added = d.get("added_tokens") if isinstance(d.get("added_tokens"), list) else []
+        specials = [a.get("content") for a in added if isinstance(a, dict) and a.get("special")]
+        if not all(isinstance(t, str) for t in specials):
+            raise FormatError(source, "added_tokens must give each token's text as a string ('content')")
         try:
             return cls(
                 sorted(vocab, key=vocab.__getitem__),
                 lowercase=bool(normalizer.get("lowercase", True)),
                 strip_accents=normalizer.get("strip_accents"),
                 handle_chinese_chars=bool(normalizer.get("handle_chinese_chars", True)),
-                max_input_chars_per_word=int(model.get("max_input_chars_per_word", MAX_WORD_CHARS)),
+                max_input_chars_per_word=max_chars,
                 special_tokens=specials or None,
             )
         except TokenizerError as e:
