@@ -820,7 +820,7 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
 
     words: list[list[int]] = [[ids[w[0]]] + [ids[PREFIX + c] for c in w[1:]] for w in word_freqs]
     freqs = list(word_freqs.values())
-    token_freq: defaultdict[int, int] = defaultdict(int)
+    token_freq = [0] * len(strings)  # by token id
     pair_freq: defaultdict[tuple[int, int], int] = defaultdict(int)
     pair_words: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     partners: defaultdict[int, set[tuple[int, int]]] = defaultdict(set)  # token -> live pairs with it
@@ -863,6 +863,7 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
         if new is None:
             new = ids[new_string] = len(strings)
             strings.append(new_string)
+            token_freq.append(0)
             vocab.append(new_string)
         first_affected: dict[tuple[int, int], int] = {}  # pair -> first word rewritten that holds it
         for w in sorted(pair_words[pair]):
@@ -906,7 +907,13 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
         changed_tokens = {pair[0], pair[1], new}
         for token in changed_tokens:
             changed_pairs |= partners[token]
-        for p in changed_pairs:
-            if p in places:
-                heapq.heappush(heap, entry(p))
+        push = heapq.heappush
+        for p in changed_pairs:  # entry(p), inlined: this loop is the trainer's hot spot
+            place = places.get(p)
+            if place is not None:
+                left, right = p
+                push(
+                    heap,
+                    (-pair_freq[p] / (token_freq[left] * token_freq[right]), place[0], place[1], left, right),
+                )
     return vocab
