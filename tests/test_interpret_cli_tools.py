@@ -104,19 +104,15 @@ def test_probe_sae_and_superposition_commands(checkpoint, capsys, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "command, options, message",
     [
-        (["probe", "--length", "99"], "--length must be between"),
-        (["sae", "train", "--point", "blocks.9.resid_post"], "unknown hook point"),
-        (["sae", "features", "--sae", "no/such/dir"], "sae.json"),
+        (["probe"], ["--length", "99"], "--length must be between"),
+        (["sae", "train"], ["--point", "blocks.9.resid_post"], "unknown hook point"),
+        (["sae", "features"], ["--sae", "no/such/dir"], "sae.json"),
     ],
 )
-def test_errors_are_one_line(checkpoint, capsys, argv, message):
-    code = main(
-        ["interpret", argv[0], *argv[1:2], "--ckpt", str(checkpoint), *argv[2:]]
-        if argv[0] == "sae"
-        else ["interpret", *argv[:1], "--ckpt", str(checkpoint), *argv[1:]]
-    )
+def test_errors_are_one_line(checkpoint, capsys, command, options, message):
+    code = main(["interpret", *command, "--ckpt", str(checkpoint), *options])
     _, err = capsys.readouterr()
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
 

@@ -85,7 +85,7 @@ def test_resampling_revives_a_dead_feature():
     assert (sae.encode(x)[:, 2] > 0).sum() == 0
     dead = torch.tensor([False, False, True, False])
     assert resample_dead(sae, x, dead, torch.Generator().manual_seed(0)) == 1
-    assert (sae.encode(x)[:, 2] > 0).sum() > 0 and float(sae.W_dec[2].norm()) == pytest.approx(1.0)
+    assert (sae.encode(x)[:, 2] > 0).sum() > 0 and float(sae.W_dec[2].detach().norm()) == pytest.approx(1.0)
 
 
 def test_an_exact_dictionary_patched_into_the_model_keeps_its_loss():

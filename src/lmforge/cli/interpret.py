@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_text_options(st)
     st.add_argument("--point", required=True, help="hook point, e.g. blocks.1.resid_post")
     st.add_argument("--features", type=int, default=1024, metavar="F", help="dictionary size (default: 1024)")
-    st.add_argument("--l1", type=float, default=3e-3, help="L1 penalty weight (default: 0.003)")
+    st.add_argument("--l1", type=float, default=1e-2, help="L1 penalty weight (default: 0.01)")
     st.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
     st.add_argument("--steps", type=int, default=3000, help="training steps (default: 3000)")
     st.add_argument("--batch-size", type=int, default=256, help="activations per step (default: 256)")

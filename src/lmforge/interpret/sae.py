@@ -1,7 +1,7 @@
 """A sparse autoencoder (dictionary learning) on one hook point's activations, and how to judge it.
 
     acts = point_activations(model, windows, "blocks.2.resid_post")        # (N, C) from built-in text
-    sae, history = train_sae(acts, SAEConfig(n_features=512, l1=3e-3))
+    sae, history = train_sae(acts, SAEConfig(n_features=512, l1=1e-2))
     sae_metrics(sae, acts)             # MSE, explained variance, L0, dead features
     patched_losses(model, windows, "blocks.2.resid_post", sae)            # the model's loss with x_hat
 
@@ -10,6 +10,9 @@ The autoencoder (Bricken et al. 2023, "Towards Monosemanticity"):
     f     = ReLU((x - b_dec) @ W_enc + b_enc)          # (N, F) feature activations, F > C
     x_hat = f @ W_dec + b_dec                         # (N, C); every row of W_dec has unit norm
     loss  = mean_n ||x - x_hat||^2 / C  +  l1 * mean_n sum_f f_nf
+
+with x first multiplied by one constant `scale` chosen so that the mean of ||x||^2 is C (and x_hat
+divided by it), so that the same l1 suits layers of any magnitude (Bricken et al. normalise likewise).
 
 The unit-norm decoder rows stop the L1 penalty from being dodged by shrinking f and growing W_dec; they
 are renormalised after every optimiser step. Judged by:
@@ -54,7 +57,7 @@ class SAEConfig:
     """Size and training of a sparse autoencoder."""
 
     n_features: int = 512  # dictionary size F (a few times the activation width C)
-    l1: float = 3e-3  # weight of the L1 penalty on feature activations
+    l1: float = 1e-2  # weight of the L1 penalty on feature activations (inputs scaled to mean ||x||^2 = C)
     lr: float = 1e-3  # Adam learning rate
     steps: int = 3000  # optimiser steps
     batch_size: int = 256  # activations per step
@@ -79,6 +82,9 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_features))
         self.W_dec = nn.Parameter(torch.empty(n_features, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # inputs are multiplied by `scale` (set by train_sae so that the mean squared norm is d_in) before
+        # encoding and divided by it after decoding, so that l1 means the same for any layer's magnitude
+        self.register_buffer("scale", torch.ones(()))
         nn.init.kaiming_uniform_(self.W_dec)
         with torch.no_grad():
             self.normalize_decoder()
@@ -86,11 +92,11 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C) -> feature activations (N, F), non-negative."""
-        return F.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return F.relu((x * self.scale - self.b_dec) @ self.W_enc + self.b_enc)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """f (N, F) -> x_hat (N, C)."""
-        return f @ self.W_dec + self.b_dec
+        """f (N, F) -> x_hat (N, C), in the units of x."""
+        return (f @ self.W_dec + self.b_dec) / self.scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
@@ -102,9 +108,10 @@ class SparseAutoencoder(nn.Module):
 
 
 def sae_loss(sae: SparseAutoencoder, x: torch.Tensor, l1: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (N, C) -> (total loss, reconstruction MSE): MSE = mean over inputs and dims of (x - x_hat)^2."""
+    """x (N, C) -> (total loss, reconstruction MSE), both in the scaled units (x * sae.scale):
+    MSE = mean over inputs and dims of (x - x_hat)^2 * scale^2."""
     x_hat, f = sae(x)
-    mse = (x - x_hat).pow(2).mean()
+    mse = ((x - x_hat) * sae.scale).pow(2).mean()
     return mse + l1 * f.sum(-1).mean(), mse
 
 
@@ -118,7 +125,7 @@ def resample_dead(
     n_dead = int(dead.sum())
     if n_dead == 0:
         return 0
-    residual = x - sae(x)[0]  # (N, C)
+    residual = (x - sae(x)[0]) * sae.scale  # (N, C), in the SAE's scaled units
     weights = residual.pow(2).sum(-1)
     if float(weights.sum()) == 0.0:
         return 0
@@ -145,7 +152,8 @@ def train_sae(
     x = activations.float()
     sae = SparseAutoencoder(x.size(1), config.n_features)
     with torch.no_grad():
-        sae.b_dec.copy_(x.median(dim=0).values)  # start the decoder bias at the data's (geometric-ish) centre
+        sae.scale.fill_(float((x.size(1) / x.pow(2).sum(-1).mean()).sqrt()))  # mean ||x * scale||^2 = C
+        sae.b_dec.copy_((x * sae.scale).median(dim=0).values)  # start the decoder bias at the data's centre
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
     fired = torch.zeros(config.n_features, dtype=torch.bool)
     history: list[dict[str, float]] = []
