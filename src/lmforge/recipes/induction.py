@@ -14,8 +14,11 @@ The recipe (`run_recipe`, driven by `lmforge recipe induction`):
 Why one layer is not enough (Elhage et al. 2021): an induction head's query (current token) must match
 a key that holds "the token before me", which exists only after an earlier head has moved the previous
 token into the stream (K-composition). A single layer's keys see token and position only, so the best
-it can do is a positional guess; its scores stay near uniform while the two-layer model's second layer
-reaches scores near 1 and a loss on the repeat far below ln(vocab_size).
+it can do is a positional guess or favouring tokens already seen. In this recipe the two-layer model's
+loss on the repeat does fall far below the one-layer model's, but the standard per-head score does not
+follow: its layer-0 heads copy the token 7 or 8 back instead of the previous one, so its induction
+heads attend to t - N + 7 or 8 rather than t - N + 1 (docs/interpret.md, "Why: the two-layer models
+learn a shifted induction circuit").
 
 Deliberately not here: the analysis itself (`lmforge.interpret.induction`), natural-text training.
 """
