@@ -593,6 +593,11 @@ def to_hf_bert(model: BERT, directory: str | Path, *, pad_id: int | None = 0) ->
     (with a classification head), `BertForMaskedLM` (with an MLM head) or `BertModel`; returns which.
     `pad_id` becomes config.json's pad_token_id (BERT's [PAD] is 0)."""
     c = model.config
+    if c.mlm_head and c.num_labels:
+        raise ConfigError(
+            "cannot export a BERT with both a masked-LM and a classification head: no transformers class "
+            "holds both; build the classifier with mlm_head = false"
+        )
     sd = model.state_dict()
     tensors = {theirs: sd[ours] for ours, theirs in _bert_names(c)}
     for i in range(c.n_layer):
