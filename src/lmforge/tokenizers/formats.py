@@ -19,17 +19,21 @@ from lmforge.tokenizers.base import FORMAT_VERSION, Tokenizer
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.foreign import from_hf_dict
 from lmforge.tokenizers.simple import CharTokenizer
+from lmforge.tokenizers.wordpiece import WordPieceTokenizer
 
 WHAT = "tokenizer file"
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json written by `save()`, of any kind, or a Hugging Face byte-level BPE one.
+    """Load a tokenizer.json written by `save()`, of any kind, or a Hugging Face byte-level BPE or
+    WordPiece one.
 
     The two are told apart by their fields: ours has "format_version" and "kind", HF's has "model".
     """
     d = read_json(path, what=WHAT)
     if isinstance(d, dict) and "model" in d and "kind" not in d and "format_version" not in d:
+        if isinstance(d["model"], dict) and d["model"].get("type") == "WordPiece":
+            return WordPieceTokenizer.from_hf_dict(d, source=path)
         return from_hf_dict(d, source=path)
     return tokenizer_from_dict(d, source=path)
 
@@ -61,6 +65,8 @@ def tokenizer_from_dict(d: Any, *, source: str | Path = "<tokenizer dict>") -> T
             if tokenizer.special_tokens != specials:
                 raise FormatError(source, "special token ids must follow the characters, in order")
             return tokenizer
+        if kind == "wordpiece":
+            return WordPieceTokenizer.from_dict(d, source=source)
         if kind == "bpe":
             pattern = _field(d, "pattern", dict, source)
             merges = _field(d, "merges", list, source)
@@ -79,4 +85,4 @@ def tokenizer_from_dict(d: Any, *, source: str | Path = "<tokenizer dict>") -> T
             )
     except (TokenizerError, ConfigError, TypeError) as e:
         raise FormatError(source, f"inconsistent tokenizer: {e}") from None
-    raise FormatError(source, f"unknown tokenizer kind {kind!r} (expected 'bpe' or 'char')")
+    raise FormatError(source, f"unknown tokenizer kind {kind!r} (expected 'bpe', 'wordpiece' or 'char')")
