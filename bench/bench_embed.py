@@ -9,7 +9,7 @@ the figure is end to end, sentences/s. lmforge runs fp32 and bf16 weights; sente
 Each figure is the best of --repeats runs, peers alternating so that load from other processes hits
 both alike.
 
-Run: .venv/bin/python bench/embed_bench.py [--sentences 512 --batch-size 32 --repeats 3 --threads N]
+Run: .venv/bin/python bench/bench_embed.py [--sentences 512 --batch-size 32 --repeats 3 --threads N]
 """
 
 from __future__ import annotations
