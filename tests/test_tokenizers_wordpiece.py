@@ -237,3 +237,22 @@ def test_word_counts_equal_the_pre_tokenizer_words():
             plain[word] = plain.get(word, 0) + 1
     counted = count_words(texts, normalizer)
     assert list(counted.items()) == list(plain.items())
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda d: d.update(normalizer=["BertNormalizer"]), "normalizer None is not supported"),
+        (lambda d: d.update(pre_tokenizer="x"), "pre_tokenizer None is not supported"),
+        (lambda d: d["model"].update(max_input_chars_per_word="100"), "positive integer"),
+        (lambda d: d["normalizer"].update(strip_accents="yes"), "strip_accents"),
+        (lambda d: d.update(added_tokens=[{"special": True}]), "'content'"),
+        (lambda d: d["model"].update(continuing_subword_prefix="@@"), "continuing_subword_prefix"),
+        (lambda d: d.update(model={"type": "BPE"}), "not WordPiece"),
+    ],
+)
+def test_malformed_hf_wordpiece_files_are_format_errors(small, damage, problem):
+    d = small.to_hf_dict()
+    damage(d)
+    with pytest.raises(FormatError, match=problem):
+        WordPieceTokenizer.from_hf_dict(d, source="hf.json")

@@ -54,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="target vocabulary size, specials included (required for bpe and wordpiece)",
     )
-    train.add_argument("--pattern", default="gpt4", help="split pattern: gpt2, gpt4 or code (default: gpt4)")
+    train.add_argument(
+        "--pattern", default="gpt4", help="bpe: split pattern, gpt2, gpt4 or code (default: gpt4)"
+    )
     train.add_argument(
         "--special",
         nargs="*",
@@ -66,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wordpiece: keep case and accents (default: lowercase and strip accents, as uncased BERT)",
     )
     train.add_argument(
-        "--min-frequency", type=int, default=2, help="stop when no pair is this frequent (default 2)"
+        "--min-frequency", type=int, default=2, help="bpe: stop when no pair is this frequent (default 2)"
     )
     train.add_argument("--out", required=True, help="where to write tokenizer.json")
     train.add_argument("--hf-out", help="also export a Hugging Face tokenizer.json here")

@@ -4,17 +4,22 @@ character offsets), BERT `vocab.txt` and Hugging Face `tokenizer.json` files, an
 
 Text goes through three steps, as in BERT's own tokenizer and HF `tokenizers`' `BertNormalizer` +
 `BertPreTokenizer` + `WordPiece` model:
-1. normalize, character by character: drop NUL, U+FFFD and control/format/unassigned/private-use
-   characters (Unicode "C*" categories, except tab, newline and carriage return); turn whitespace into a
-   space; if `strip_accents`, decompose (NFD) and drop non-spacing marks ("é" -> "e"); if `lowercase`, lower
-   each character. Each normalized character remembers the original character it came from, which gives
-   the offsets. `strip_accents=None` means "same as lowercase", as in BERT's uncased models.
+1. normalize, character by character: drop NUL, U+FFFD and control, format and private-use characters
+   (Unicode Cc, Cf, Co; tab, newline and carriage return become spaces; unassigned code points are kept,
+   as HF does); turn whitespace into a space; if `strip_accents`, decompose (NFD) and drop non-spacing
+   marks ("é" -> "e"); if `lowercase`, lower each character. Each normalized character remembers the
+   original character it came from, which gives the offsets. `strip_accents=None` means "same as
+   lowercase", as in BERT's uncased models.
 2. pre-tokenize: split on whitespace, then every punctuation character (Unicode "P*" categories, plus all
    ASCII symbols such as `$+<=>^`|~`) and every CJK ideograph is a word of its own.
 3. per word, greedy longest-match-first: take the longest vocabulary entry that starts the word, then
    the longest `##`-prefixed entry that continues it, and so on. A word with a position no entry covers,
    or longer than `max_input_chars_per_word` (100, as BERT), becomes one `[UNK]`.
    Example with vocab {hu, ##gg, ##ing, ##i, ##n, ##g}: "hugging" -> hu ##gg ##ing.
+Character classes come from Python's `unicodedata` (Unicode 14.0 on Python 3.11). HF `tokenizers` uses
+tables of other Unicode versions, so characters added or recategorised since Unicode 3.2 (new
+combining marks, punctuation and format characters) can be cut differently; every character whose
+category is unchanged since 3.2 gives identical output (tests/parity/test_wordpiece_parity.py).
 
 The `Tokenizer` protocol (base.py) and this class: `encode_ordinary(text)` returns the plain ids of a
 text (no [CLS]/[SEP]), which is what data preparation and `tokenizer encode` use for every kind;
@@ -85,7 +90,7 @@ def _normalize_char(c: str, *, lowercase: bool, strip_accents: bool) -> str:
     """
     if c in "\t\n\r":
         return " "
-    if c in "\x00\ufffd" or unicodedata.category(c).startswith("C"):
+    if c in "\x00\ufffd" or unicodedata.category(c) in ("Cc", "Cf", "Co"):
         return ""
     if c.isspace():
         return " "
@@ -638,25 +643,34 @@ class WordPieceTokenizer:
             raise FormatError(source, "model.vocab must map each token to an integer id")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise FormatError(source, "model.vocab ids must run 0..n-1 without gaps or repeats")
-        normalizer = d.get("normalizer") or {}
+        normalizer = d.get("normalizer") if isinstance(d.get("normalizer"), dict) else {}
         if normalizer.get("type") != "BertNormalizer" or normalizer.get("clean_text") is False:
             raise FormatError(
                 source, f"normalizer {normalizer.get('type')!r} is not supported (BertNormalizer)"
             )
-        pre_tokenizer = d.get("pre_tokenizer") or {}
+        pre_tokenizer = d.get("pre_tokenizer") if isinstance(d.get("pre_tokenizer"), dict) else {}
         if pre_tokenizer.get("type") != "BertPreTokenizer":
             raise FormatError(
                 source, f"pre_tokenizer {pre_tokenizer.get('type')!r} is not supported (BertPreTokenizer)"
             )
-        added = d.get("added_tokens") or []
-        specials = [a["content"] for a in added if isinstance(a, dict) and a.get("special")]
+        max_chars = model.get("max_input_chars_per_word", MAX_WORD_CHARS)
+        if type(max_chars) is not int or max_chars < 1:
+            raise FormatError(
+                source, f"model.max_input_chars_per_word must be a positive integer, got {max_chars!r}"
+            )
+        if normalizer.get("strip_accents") not in (None, True, False):
+            raise FormatError(source, "normalizer.strip_accents must be true, false or null")
+        added = d.get("added_tokens") if isinstance(d.get("added_tokens"), list) else []
+        specials = [a.get("content") for a in added if isinstance(a, dict) and a.get("special")]
+        if not all(isinstance(t, str) for t in specials):
+            raise FormatError(source, "added_tokens must give each token's text as a string ('content')")
         try:
             return cls(
                 sorted(vocab, key=vocab.__getitem__),
                 lowercase=bool(normalizer.get("lowercase", True)),
                 strip_accents=normalizer.get("strip_accents"),
                 handle_chinese_chars=bool(normalizer.get("handle_chinese_chars", True)),
-                max_input_chars_per_word=int(model.get("max_input_chars_per_word", MAX_WORD_CHARS)),
+                max_input_chars_per_word=max_chars,
                 special_tokens=specials or None,
             )
         except TokenizerError as e:
@@ -806,7 +820,7 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
 
     words: list[list[int]] = [[ids[w[0]]] + [ids[PREFIX + c] for c in w[1:]] for w in word_freqs]
     freqs = list(word_freqs.values())
-    token_freq: defaultdict[int, int] = defaultdict(int)
+    token_freq = [0] * len(strings)  # by token id
     pair_freq: defaultdict[tuple[int, int], int] = defaultdict(int)
     pair_words: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     partners: defaultdict[int, set[tuple[int, int]]] = defaultdict(set)  # token -> live pairs with it
@@ -849,6 +863,7 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
         if new is None:
             new = ids[new_string] = len(strings)
             strings.append(new_string)
+            token_freq.append(0)
             vocab.append(new_string)
         first_affected: dict[tuple[int, int], int] = {}  # pair -> first word rewritten that holds it
         for w in sorted(pair_words[pair]):
@@ -892,7 +907,13 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
         changed_tokens = {pair[0], pair[1], new}
         for token in changed_tokens:
             changed_pairs |= partners[token]
-        for p in changed_pairs:
-            if p in places:
-                heapq.heappush(heap, entry(p))
+        push = heapq.heappush
+        for p in changed_pairs:  # entry(p), inlined: this loop is the trainer's hot spot
+            place = places.get(p)
+            if place is not None:
+                left, right = p
+                push(
+                    heap,
+                    (-pair_freq[p] / (token_freq[left] * token_freq[right]), place[0], place[1], left, right),
+                )
     return vocab
