@@ -125,3 +125,20 @@ def test_mlm_pretraining_through_the_trainer(tmp_path, tiny_dataset):
     assert run("b", 4).step == 4
     resumed = run("b", 8, resume=True)  # dropout 0.1 and the masks both draw from the restored RNG
     assert resumed.last_eval["loss"] == pytest.approx(full.last_eval["loss"], rel=1e-6)
+
+
+def test_config_architecture_round_trip(tmp_path):
+    from lmforge.training.config import load_config, to_toml
+
+    overrides = [
+        "model.architecture=bert",
+        "model.preset=bert-cpu-small",
+        "model.vocab_size=99",
+        "data.dir=d",
+    ]
+    config = load_config(None, overrides=overrides)
+    assert isinstance(config.model.build(), BERTConfig) and config.model.build().n_layer == 4
+    (tmp_path / "c.toml").write_text(to_toml(config))
+    assert load_config(tmp_path / "c.toml") == config
+    with pytest.raises(ConfigError, match="model.architecture='t5' is invalid; choose one of gpt, bert"):
+        load_config(None, overrides=["model.architecture=t5", "data.dir=d"])
