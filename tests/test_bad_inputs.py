@@ -403,6 +403,20 @@ CASES: list[tuple[str, list[str], int, str]] = [
         "lmforge tokenizer: error: {bad}/tokenizer_wordpiece_id_gap.json: model.vocab ids must run 0..n-1 "
         "without gaps or repeats",
     ),
+    # ---- encoders: a GPT where a BERT is needed, empty text
+    (
+        "fill-mask-on-a-gpt",
+        ["fill-mask", "a [MASK].", "--ckpt", "{ckpt}"],
+        2,
+        "lmforge fill-mask: error: {ckpt}/meta.json: is a GPT (decoder-only language model: generate, chat, "
+        "eval, finetune), but this needs a BERT",
+    ),
+    (
+        "embed-empty-text",
+        ["embed", "text", "fine", " ", "--ckpt", "{ckpt}"],
+        2,
+        "lmforge embed: error: text 1 is empty (or only whitespace); an encoder has nothing to embed there",
+    ),
     # ---- eval: checkpoints and flags
     (
         "eval-max-batches-negative",

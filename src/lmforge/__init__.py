@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from lmforge.version import __version__
 
-__all__ = ["__version__", "generate", "seed_everything"]
+__all__ = ["__version__", "embed", "generate", "seed_everything"]
 
 
 def __getattr__(name: str):
-    """`lmforge.generate` and `lmforge.seed_everything`, imported on first use so `import lmforge` stays
-    cheap; they live in `lmforge.inference.text` and `lmforge.training.rng`."""
+    """`lmforge.generate`, `lmforge.embed` and `lmforge.seed_everything`, imported on first use so
+    `import lmforge` stays cheap; they live in `lmforge.inference.text`, `lmforge.inference.encoder` and
+    `lmforge.training.rng`."""
+    if name == "embed":
+        from lmforge.inference.encoder import embed
+
+        return embed
     if name == "generate":
         from lmforge.inference.text import generate
 

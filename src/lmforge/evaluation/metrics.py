@@ -1,4 +1,5 @@
-"""Language-model metrics: mean loss over a split, perplexity, bits-per-byte, next-token accuracy.
+"""Language-model metrics: mean loss over a split, perplexity, bits-per-byte, next-token (or masked-token)
+accuracy, and the unigram baseline of a masked-LM.
 
 - Perplexity is exp(mean loss in nats per token): the effective number of equally likely choices.
 - Bits-per-byte divides the total loss by the number of UTF-8 bytes the tokens stand for, not the number
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +48,19 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     if not mask.any():
         return float("nan")
     return (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
+
+
+def unigram_loss(train_tokens: np.ndarray, targets: Sequence[torch.Tensor], *, vocab_size: int) -> float:
+    """Mean cross-entropy (nats) of the scored targets under the unigram distribution of `train_tokens`,
+    add-one smoothed: the loss of a model that knows token frequencies and nothing of context, the
+    baseline a masked-LM must beat. Example: train [0, 0, 1], vocab 3 -> p = (3, 2, 1) / 6; targets
+    [0, 2] -> (ln 2 + ln 6) / 2 = 1.2425."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size)[:vocab_size] + 1
+    logp = torch.from_numpy(np.log(counts / counts.sum()))  # (V,)
+    scored = torch.cat([t[t != IGNORE_INDEX].reshape(-1) for t in targets])
+    if scored.numel() == 0:
+        raise ValueError("unigram_loss: the targets contain no scored token")
+    return float(-logp[scored].mean())
 
 
 @torch.no_grad()

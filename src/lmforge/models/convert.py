@@ -1,5 +1,6 @@
-"""Weights interop with Hugging Face: GPT-2 (`GPT2LMHeadModel`) and the Llama-style block
-(`LlamaForCausalLM`), each as a `model.safetensors` + `config.json` directory, both ways.
+"""Weights interop with Hugging Face: GPT-2 (`GPT2LMHeadModel`), the Llama-style block
+(`LlamaForCausalLM`) and BERT (`BertModel` and its masked-LM and classification models), each as a
+`model.safetensors` + `config.json` directory, both ways.
 
 GPT-2: our module names already follow GPT-2's (`transformer.h.N.attn.c_attn` ...), so conversion is a
 rename-free copy except for the layout: HF stores its projections as `Conv1D` with weight
@@ -11,8 +12,12 @@ heads) is a Llama. Only names and fusion differ: our `c_attn` is Llama's q_proj,
 stacked by output rows ([q; k; v], the same rotate-half RoPE layout, so no permutation), and our `c_fc`
 is [gate_proj; up_proj].
 
+BERT: our encoder fuses HF's query, key and value into one `c_attn` ([q; k; v] by output rows); every
+other tensor is renamed one to one (`_bert_names`). HF's task models keep the encoder under `bert.`.
+
 Deliberately not here: tokenizers (the `lmforge convert` command carries those, so that this module
-stays free of text), downloading (pass a local directory), `pytorch_model.bin` pickles, and any
+stays free of text), downloading (pass a local directory), `pytorch_model.bin` pickles (except BERT's,
+read with `torch.load(weights_only=True)`, which refuses anything but plain tensors), and any
 architecture neither format expresses (export refuses it; import refuses options we lack, such as RoPE
 scaling or biases in a Llama).
 Reference: transformers/models/gpt2/modeling_gpt2.py, pytorch_utils.Conv1D, models/llama/modeling_llama.py.
@@ -28,6 +33,7 @@ import torch
 
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_write_json, load_safetensors, read_json, save_safetensors
+from lmforge.models.bert import BERT, BERTConfig
 from lmforge.models.config import LLAMA_BLOCK
 from lmforge.models.gpt import GPT, GPTConfig
 
@@ -63,7 +69,7 @@ def _read_hf(
     return config, load_safetensors(weights_path, what=f"HF {what} weights"), weights_path
 
 
-def _load_checked(model: GPT, state: dict[str, torch.Tensor], weights_path: Path) -> GPT:
+def _load_checked(model: Any, state: dict[str, torch.Tensor], weights_path: Path) -> Any:
     """Load `state` (every tensor but a tied head) into `model` in fp32, after checking every shape."""
     expected = model.state_dict()
     for name, tensor in state.items():
@@ -347,15 +353,19 @@ def to_hf(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> st
     return architecture
 
 
-def from_hf(directory: str | Path) -> tuple[GPT, str]:
-    """Import a Hugging Face GPT-2 or Llama directory by its config.json's model_type: (model, which)."""
+def from_hf(directory: str | Path) -> tuple[GPT | BERT, str]:
+    """Import an HF GPT-2, Llama or BERT directory by its config.json's model_type: (model, which)."""
     path = Path(directory) / "config.json"
     model_type = _read_hf_config(path).get("model_type")
     if model_type == "gpt2":
         return from_hf_gpt2(directory), "gpt2"
     if model_type == "llama":
         return from_hf_llama(directory), "llama"
-    raise FormatError(path, f"model_type {model_type!r} is not supported (lmforge converts gpt2 and llama)")
+    if model_type == "bert":
+        return from_hf_bert(directory), "bert"
+    raise FormatError(
+        path, f"model_type {model_type!r} is not supported (lmforge converts gpt2, llama and bert)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,4 +454,190 @@ def to_peft_adapter(model: GPT, directory: str | Path) -> str:
             "modules_to_save": None,
         },
     )
+    return architecture
+
+
+# ---------------------------------------------------------------------------------------------------
+# BERT
+
+HF_BERT_ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+_HF_BERT_HEADS = ("cls.", "classifier.")  # names outside the encoder, which task models put under "bert."
+
+
+def _bert_names(c: BERTConfig) -> list[tuple[str, str]]:
+    """(our name, HF's name) of every tensor copied as it is (all but the fused q/k/v). Encoder names are
+    BertModel's; HF's task models (BertForMaskedLM ...) put them under "bert."."""
+    names = [
+        ("wte.weight", "embeddings.word_embeddings.weight"),
+        ("wpe.weight", "embeddings.position_embeddings.weight"),
+        ("wtt.weight", "embeddings.token_type_embeddings.weight"),
+        ("ln_emb.weight", "embeddings.LayerNorm.weight"),
+        ("ln_emb.bias", "embeddings.LayerNorm.bias"),
+    ]
+    for i in range(c.n_layer):
+        ours, theirs = f"h.{i}.", f"encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            names += [
+                (f"{ours}attn.c_proj.{part}", f"{theirs}attention.output.dense.{part}"),
+                (f"{ours}ln_1.{part}", f"{theirs}attention.output.LayerNorm.{part}"),
+                (f"{ours}mlp.c_fc.{part}", f"{theirs}intermediate.dense.{part}"),
+                (f"{ours}mlp.c_proj.{part}", f"{theirs}output.dense.{part}"),
+                (f"{ours}ln_2.{part}", f"{theirs}output.LayerNorm.{part}"),
+            ]
+    if c.pooler:
+        names += [("pooler.weight", "pooler.dense.weight"), ("pooler.bias", "pooler.dense.bias")]
+    if c.mlm_head:
+        names += [
+            ("mlm.dense.weight", "cls.predictions.transform.dense.weight"),
+            ("mlm.dense.bias", "cls.predictions.transform.dense.bias"),
+            ("mlm.ln.weight", "cls.predictions.transform.LayerNorm.weight"),
+            ("mlm.ln.bias", "cls.predictions.transform.LayerNorm.bias"),
+            ("mlm.bias", "cls.predictions.bias"),
+        ]
+    if c.num_labels:
+        names += [("classifier.weight", "classifier.weight"), ("classifier.bias", "classifier.bias")]
+    return names
+
+
+def _read_hf_bert_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of model.safetensors, or else of pytorch_model.bin (read with weights_only=True: plain
+    tensors only, never arbitrary pickled objects)."""
+    safetensors_path, pickle_path = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if safetensors_path.exists() or not pickle_path.exists():
+        return load_safetensors(safetensors_path, what="HF BERT weights"), safetensors_path
+    try:
+        tensors = torch.load(pickle_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... for a bad file
+        raise FormatError(pickle_path, f"not a plain tensor checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise FormatError(pickle_path, "must hold a dict of tensor names to tensors")
+    return tensors, pickle_path
+
+
+def _config_from_hf_bert(hf: dict, path: Path, tensors: dict[str, torch.Tensor]) -> BERTConfig:
+    """BERTConfig from an HF BERT config.json dict; which heads exist is read from the unprefixed tensors."""
+    if hf.get("model_type") != "bert":
+        raise FormatError(path, f"not a BERT config (model_type = {hf.get('model_type')!r})")
+    if hf.get("hidden_act", "gelu") not in HF_BERT_ACTIVATIONS:
+        raise FormatError(path, f"hidden_act {hf['hidden_act']!r} is not supported (gelu, gelu_new)")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise FormatError(path, f"position_embedding_type {hf['position_embedding_type']!r} is not supported")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise FormatError(path, "decoder BERTs (is_decoder / add_cross_attention) are not supported")
+    classifier = tensors.get("classifier.weight")
+    return BERTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_embd=hf["hidden_size"],
+        n_inner=hf.get("intermediate_size"),
+        dropout=hf.get("hidden_dropout_prob", 0.1),
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        activation=HF_BERT_ACTIVATIONS[hf.get("hidden_act", "gelu")],
+        init_std=hf.get("initializer_range", 0.02),
+        pooler="pooler.dense.weight" in tensors,
+        mlm_head="cls.predictions.bias" in tensors,
+        num_labels=0 if classifier is None else classifier.shape[0],
+    )
+
+
+def from_hf_bert(directory: str | Path) -> BERT:
+    """Load a Hugging Face BERT directory (config.json + model.safetensors, or pytorch_model.bin) as an
+    lmforge BERT (fp32): `BertModel`, `BertForMaskedLM`, `BertForSequenceClassification` or
+    `BertForPreTraining` (whose next-sentence head is dropped: lmforge has none). Which heads the model
+    gets is read from the tensors present."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    hf = _read_hf_config(config_path)
+    if hf.get("model_type") != "bert":  # refuse a GPT-2 or Llama directory before reading its weights
+        _config_from_hf_bert(hf, config_path, {})
+    raw, weights_path = _read_hf_bert_weights(directory)
+    tensors = {
+        name.removeprefix("bert."): t
+        for name, t in raw.items()
+        if not name.endswith("position_ids")  # a buffer of positions 0..511 in older transformers
+        and not name.startswith("cls.seq_relationship")  # the next-sentence prediction head
+        and name not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # tied copies
+    }
+    try:
+        c = _config_from_hf_bert(hf, config_path, tensors)
+    except KeyError as e:
+        raise FormatError(config_path, f"missing field {e.args[0]!r}") from None
+    except ConfigError as e:
+        raise FormatError(config_path, str(e)) from None
+    try:
+        state = {ours: tensors.pop(theirs) for ours, theirs in _bert_names(c)}
+        for i in range(c.n_layer):
+            theirs = f"encoder.layer.{i}.attention.self."
+            for part in ("weight", "bias"):  # our c_attn is [query; key; value] stacked by output rows
+                state[f"h.{i}.attn.c_attn.{part}"] = torch.cat(
+                    [tensors.pop(f"{theirs}{x}.{part}") for x in ("query", "key", "value")]
+                )
+    except KeyError as e:
+        raise FormatError(weights_path, f"missing tensor {e.args[0]!r}") from None
+    if tensors:
+        raise FormatError(
+            weights_path, f"unexpected tensors for a BERT model: {', '.join(sorted(tensors)[:5])}"
+        )
+    return _load_checked(BERT(c), state, weights_path)
+
+
+def to_hf_bert(model: BERT, directory: str | Path, *, pad_id: int | None = 0) -> str:
+    """Write `config.json` + `model.safetensors` that transformers loads as `BertForSequenceClassification`
+    (with a classification head), `BertForMaskedLM` (with an MLM head) or `BertModel`; returns which.
+    `pad_id` becomes config.json's pad_token_id (BERT's [PAD] is 0)."""
+    c = model.config
+    if c.mlm_head and c.num_labels:
+        raise ConfigError(
+            "cannot export a BERT with both a masked-LM and a classification head: no transformers class "
+            "holds both; build the classifier with mlm_head = false"
+        )
+    sd = model.state_dict()
+    tensors = {theirs: sd[ours] for ours, theirs in _bert_names(c)}
+    for i in range(c.n_layer):
+        theirs = f"encoder.layer.{i}.attention.self."
+        for part in ("weight", "bias"):
+            for x, t in zip(("query", "key", "value"), sd[f"h.{i}.attn.c_attn.{part}"].chunk(3), strict=True):
+                tensors[f"{theirs}{x}.{part}"] = t
+    if c.mlm_head or c.num_labels:
+        tensors = {(n if n.startswith(_HF_BERT_HEADS) else f"bert.{n}"): t for n, t in tensors.items()}
+    if c.mlm_head:
+        tensors["cls.predictions.decoder.bias"] = sd["mlm.bias"]  # HF keeps both names for one vector
+    if c.num_labels:
+        architecture = "BertForSequenceClassification"
+    elif c.mlm_head:
+        architecture = "BertForMaskedLM"
+    else:
+        architecture = "BertModel"
+    directory = Path(directory)
+    save_safetensors(
+        directory / "model.safetensors",
+        {n: t.detach().clone().contiguous() for n, t in tensors.items()},  # own storage each
+        metadata={"format": "pt"},
+    )
+    hf: dict[str, Any] = {
+        "architectures": [architecture],
+        "model_type": "bert",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.n_embd,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "intermediate_size": c.n_inner or 4 * c.n_embd,
+        "hidden_act": "gelu" if c.activation == "gelu_exact" else "gelu_new",
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
+        "max_position_embeddings": c.block_size,
+        "type_vocab_size": c.type_vocab_size,
+        "initializer_range": c.init_std,
+        "layer_norm_eps": c.norm_eps,
+        "position_embedding_type": "absolute",
+        "pad_token_id": pad_id,
+        "tie_word_embeddings": True,
+    }
+    if c.num_labels:
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
+        hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+    atomic_write_json(directory / "config.json", hf)
     return architecture

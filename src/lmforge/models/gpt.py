@@ -318,42 +318,63 @@ class GPT(nn.Module):
             config = GPTConfig.from_dict(meta["config"])
         except (ConfigError, TypeError) as e:
             raise FormatError(directory / META_FILE, f"invalid model config: {e}") from None
-        weights_path = directory / WEIGHTS_FILE
-        tensors = load_safetensors(weights_path, what="model weights")
-        model = cls(config)
-        expected = model.state_dict()
-        if config.tie_embeddings:
-            del expected["lm_head.weight"]
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise FormatError(
-                weights_path,
-                f"weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
-            )
-        if wrong := sorted(name for name, t in tensors.items() if t.dtype not in WEIGHT_DTYPES):
-            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-            raise FormatError(
-                weights_path,
-                f"{wrong[0]} is stored as {str(tensors[wrong[0]].dtype).removeprefix('torch.')}{more}; model "
-                "weights must be float32, float16 or bfloat16",
-            )
-        for name, tensor in tensors.items():
-            if tensor.shape != expected[name].shape:
-                raise FormatError(
-                    weights_path,
-                    f"{name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}",
-                )
-            if not torch.isfinite(tensor).all():
-                raise FormatError(weights_path, f"{name} contains NaN or infinite values")
-        dtypes = {t.dtype for t in tensors.values()}
-        if len(dtypes) == 1:
-            model.to(dtype=dtypes.pop())
-        model.load_state_dict(tensors, strict=False)  # strict=False only for the tied head, checked above
+        model = load_weights(
+            cls(config), directory / WEIGHTS_FILE, tied=("lm_head.weight",) * config.tie_embeddings
+        )
         return model.to(map_location)
 
 
-def checkpoint_meta(directory: str | Path) -> dict[str, Any]:
-    """Read and validate a model checkpoint's `meta.json` (FormatError naming the file if anything is off)."""
+def load_weights(model: nn.Module, weights_path: Path, *, tied: Sequence[str] = ()) -> Any:
+    """Load a checkpoint's `model.safetensors` into `model` after checking it (any model class: GPT, BERT).
+
+    Every tensor of `model.state_dict()` except the `tied` names (stored once, re-tied by the model) must
+    be there with its shape, float32/float16/bfloat16 and finite; anything else is a FormatError naming
+    the file. The model takes the dtype the weights were saved in.
+    """
+    tensors = load_safetensors(weights_path, what="model weights")
+    expected = model.state_dict()
+    for name in tied:
+        del expected[name]
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise FormatError(
+            weights_path,
+            f"weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
+        )
+    if wrong := sorted(name for name, t in tensors.items() if t.dtype not in WEIGHT_DTYPES):
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise FormatError(
+            weights_path,
+            f"{wrong[0]} is stored as {str(tensors[wrong[0]].dtype).removeprefix('torch.')}{more}; model "
+            "weights must be float32, float16 or bfloat16",
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise FormatError(
+                weights_path,
+                f"{name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}",
+            )
+        if not torch.isfinite(tensor).all():
+            raise FormatError(weights_path, f"{name} contains NaN or infinite values")
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) == 1:
+        model.to(dtype=dtypes.pop())
+    model.load_state_dict(tensors, strict=False)  # strict=False only for the tied tensors, checked above
+    return model
+
+
+# meta.json's "model" -> what it is and what uses it (for the message when a command gets the other one)
+ARCHITECTURES = {
+    "gpt": "a GPT (decoder-only language model: generate, chat, eval, finetune)",
+    "bert": "a BERT (encoder: fill-mask, embed)",
+}
+
+
+def checkpoint_meta(directory: str | Path, *, architecture: str | None = "gpt") -> dict[str, Any]:
+    """Read and validate a model checkpoint's `meta.json` (FormatError naming the file if anything is off).
+
+    `architecture` is the "model" the caller needs ("gpt", "bert"), or None for any lmforge architecture;
+    a checkpoint of another one is a FormatError saying what it is and what it is for."""
     path = Path(directory) / META_FILE
     if not Path(directory).is_dir():
         raise FormatError(directory, "checkpoint directory not found")
@@ -366,8 +387,13 @@ def checkpoint_meta(directory: str | Path) -> dict[str, Any]:
             f"unsupported checkpoint format_version {meta.get('format_version')!r} "
             f"(this lmforge reads {CHECKPOINT_FORMAT_VERSION})",
         )
-    if meta.get("model") != "gpt":
-        raise FormatError(path, f"not a GPT checkpoint (model = {meta.get('model')!r})")
+    kind = meta.get("model")
+    if kind not in ARCHITECTURES:
+        raise FormatError(path, f"not an lmforge model checkpoint (model = {kind!r}; expected gpt or bert)")
+    if architecture is not None and kind != architecture:
+        raise FormatError(
+            path, f"is {ARCHITECTURES[kind]}, but this needs {ARCHITECTURES[architecture].split(' (')[0]}"
+        )
     if not isinstance(meta.get("config"), dict):
         raise FormatError(path, "missing the model 'config' object")
     return meta

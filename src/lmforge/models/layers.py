@@ -1,12 +1,13 @@
-"""Building blocks of decoder-only transformers: attention with a KV cache, MLPs, norms, positions.
+"""Building blocks of transformers: attention with a KV cache, MLPs, norms, positions.
 
 What is here: `CausalSelfAttention` (fused q/k/v projection, grouped-query attention, rotary
-embeddings, `F.scaled_dot_product_attention`), `KVCache` (preallocated keys/values of every layer for
-one-token-at-a-time decoding, with left padding for batches of prompts of different lengths), `MLP`
-(gelu / swiglu / relu2), `make_norm` (LayerNorm / RMSNorm) and the position tables (`sinusoidal_table`,
+embeddings, `F.scaled_dot_product_attention`; `causal=False` with a padding mask serves encoders such
+as BERT and the ViT), `KVCache` (preallocated keys/values of every layer for one-token-at-a-time
+decoding, with left padding for batches of prompts of different lengths), `MLP` (gelu / gelu_exact /
+swiglu / relu2), `make_norm` (LayerNorm / RMSNorm) and the position tables (`sinusoidal_table`,
 `rope_tables`, `apply_rope`).
 
-Deliberately not here: the model itself (`gpt.py`), sampling and the generation loop
+Deliberately not here: the models themselves (`gpt.py`, `bert.py`), sampling and the generation loop
 (`lmforge.inference`), parallelism, compilation or quantization (applied from outside).
 
 References: Vaswani et al. 2017 (sinusoidal positions); Su et al. 2021, RoFormer (rotary embeddings,
@@ -249,7 +250,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: gelu (GPT-2, tanh approximation), swiglu or relu2 (squared ReLU)."""
+    """Position-wise feed-forward: gelu (GPT-2, tanh approximation), gelu_exact (BERT: the erf form),
+    swiglu or relu2 (squared ReLU)."""
 
     def __init__(self, *, n_embd: int, hidden: int, activation: str, bias: bool, dropout: float):
         super().__init__()
@@ -263,6 +265,8 @@ class MLP(nn.Module):
         h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
         if self.activation == "gelu":
             h = F.gelu(h, approximate="tanh")
+        elif self.activation == "gelu_exact":
+            h = F.gelu(h)
         elif self.activation == "swiglu":
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value

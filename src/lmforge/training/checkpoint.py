@@ -177,7 +177,7 @@ def restore_training_state(
     """
     ckpt_dir = Path(ckpt_dir)
     state = load_trainer_state(ckpt_dir)
-    saved = load_checkpoint(ckpt_dir, require_tokenizer=False)[0]
+    saved = load_checkpoint(ckpt_dir, require_tokenizer=False, architecture=None)[0]
     _check_same_config(ckpt_dir, saved, model)
     weights = saved.state_dict()
     optim_sd = None

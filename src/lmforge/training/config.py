@@ -9,7 +9,8 @@ deliberately tiny: it handles only what these sections contain (str, int, float,
 
 The `[model]` section is not a copy of `GPTConfig`: it names an optional `preset` and passes every
 other key to `GPTConfig.preset(preset, **keys)`, so the model file stays the one place that defines
-(and validates) model options. `vocab_size` defaults to the dataset tokenizer's.
+(and validates) model options. `vocab_size` defaults to the dataset tokenizer's. `architecture = "bert"`
+makes the same keys `BERTConfig`'s (a BERT trained by masked-LM: configs/bert-mlm-*.toml).
 
 A recipe with a section of its own (e.g. `[arithmetic]`) declares a dataclass with that section beside
 `model`/`optim`/`train` and passes it as `sections=`: the same reader, overrides and writer serve it.
@@ -34,15 +35,27 @@ PRECISIONS = ("auto", "bf16", "fp32")
 PARALLEL = ("auto", "none", "ddp", "fsdp")  # train.parallel; see training/distributed.py
 
 
+ARCHITECTURES = ("gpt", "bert")
+
+
 @dataclass
 class ModelSection:
-    # name of a GPTConfig preset to start from (see `lmforge model info`); "" starts from GPTConfig()
+    # name of a GPTConfig (or BERTConfig) preset to start from; "" starts from the config's defaults
     preset: str = ""
     # every other key of [model] (n_layer, n_head, n_embd, block_size, dropout, ...) -> GPTConfig field
     options: dict[str, Any] = field(default_factory=dict)
+    # "gpt" (causal LM, trained on next tokens) or "bert" (encoder, trained by masked-LM); then the options
+    # are BERTConfig fields
+    architecture: str = "gpt"
 
     def __post_init__(self) -> None:
         check(isinstance(self.preset, str), "model.preset", self.preset, "use a preset name")
+        check(
+            self.architecture in ARCHITECTURES,
+            "model.architecture",
+            self.architecture,
+            f"choose one of {', '.join(ARCHITECTURES)}",
+        )
         for key, value in self.options.items():
             check(
                 isinstance(value, (str, int, float, bool)) or value is None,
@@ -53,15 +66,17 @@ class ModelSection:
         self.build()  # GPTConfig's own validation, now, so that the error can name the config file
 
     def build(self, *, vocab_size: int | None = None) -> Any:
-        """The `GPTConfig` this section describes; `vocab_size` fills in when the section has none."""
-        from lmforge.models import GPTConfig
+        """The `GPTConfig` (or `BERTConfig`) this section describes; `vocab_size` fills in when the section
+        has none."""
+        from lmforge.models import BERTConfig, GPTConfig
 
+        config_class = BERTConfig if self.architecture == "bert" else GPTConfig
         options = dict(self.options)
         if vocab_size is not None:
             options.setdefault("vocab_size", vocab_size)
         if self.preset:
-            return GPTConfig.preset(self.preset, **options)
-        return GPTConfig.from_dict(options)
+            return config_class.preset(self.preset, **options)
+        return config_class.from_dict(options)
 
 
 @dataclass
@@ -251,14 +266,16 @@ def _parse_value(text: str) -> Any:
 def section_from_dict(cls: type, values: Any, *, name: str, source: str = "config") -> Any:
     """Build one config section (a dataclass) from a parsed TOML table; unknown keys are errors.
 
-    `[model]` is special: `preset` plus any GPTConfig field, kept as `ModelSection.options`.
+    `[model]` is special: `architecture` and `preset` plus any GPTConfig (or BERTConfig) field, kept as
+    `ModelSection.options`.
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: [{name}] must be a table")
     values = dict(values)
     try:
         if cls is ModelSection:
-            return ModelSection(preset=values.pop("preset", ""), options=values)
+            preset, architecture = values.pop("preset", ""), values.pop("architecture", "gpt")
+            return ModelSection(preset=preset, options=values, architecture=architecture)
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in values.items():
             if key not in known:
@@ -330,7 +347,8 @@ def _toml_value(value: Any) -> str:
 def section_dict(section: Any) -> dict[str, Any]:
     """A config section as a plain dict (the model's options flattened back beside `preset`)."""
     if isinstance(section, ModelSection):
-        return ({"preset": section.preset} if section.preset else {}) | dict(section.options)
+        architecture = {"architecture": section.architecture} if section.architecture != "gpt" else {}
+        return architecture | ({"preset": section.preset} if section.preset else {}) | dict(section.options)
     return dataclasses.asdict(section)
 
 

@@ -8,20 +8,29 @@ of an instruction pair.
 
 - `causal_lm`: next-token cross-entropy; the model computes it (`GPT.forward(x, y)`), so that the
   fp32 log-softmax and `torch.compile` of the forward cover it.
+- `mask_tokens` and `masked_lm`: BERT's masked-LM pretraining. Of the positions that are not special
+  tokens, each is chosen with probability 0.15; a chosen token is replaced by [MASK] (80%), by a
+  uniformly random id (10%) or kept (10%), and only chosen positions are scored. `masked_lm` draws the
+  choice from torch's global RNG, which `seed_everything(train.seed)` seeds and every checkpoint saves,
+  so a run and its resumption mask the same positions. Under gradient accumulation the trainer weights
+  micro-batches by their `count_targets(y)` (the window's tokens), i.e. in proportion to their expected,
+  not their drawn, number of chosen positions; with equal windows (RandomWindows) these differ by the
+  sampling noise of 15% of a batch only.
 - `count_targets`: the scored positions of a target tensor.
 - `sequence_logprobs`, `dpo_loss`, `distillation_loss`: the post-training losses. They take tensors
   (logits or log-probabilities) and return tensors; none runs a model. Their numerics are fp32 whatever
   the input dtype (a bf16 log-softmax over a large vocabulary loses digits).
 
 Deliberately not here: building preference batches (`lmforge.data`) or the loops that call these.
-References: Rafailov et al. 2023, Direct Preference Optimization (eq. 7); trl's `DPOTrainer` (loss type
+References: Devlin et al. 2019, BERT (section 3.1, the 80/10/10 rule, and appendix A.1);
+Rafailov et al. 2023, Direct Preference Optimization (eq. 7); trl's `DPOTrainer` (loss type
 "sigmoid": mean loss, per-example rewards beta * (policy - reference) log-ratios, detached); Hinton et
 al. 2015, Distilling the Knowledge in a Neural Network (the T^2 factor).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +51,52 @@ def count_targets(targets: torch.Tensor) -> int:
 def causal_lm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, as `model(x, y) -> (logits, mean loss)` computes it."""
     return model(x, y)[1]
+
+
+MLM_PROBABILITY = 0.15  # share of (non-special) positions chosen for prediction (BERT)
+
+
+def mask_tokens(
+    ids: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int] = (),
+    probability: float = MLM_PROBABILITY,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking of token ids (B, T) -> (inputs, targets), both (B, T).
+
+    Every position whose id is not in `special_ids` is chosen with `probability`; a chosen position's
+    input becomes `mask_id` with probability 0.8, a uniform random id in [0, vocab_size) with 0.1, and
+    stays itself with 0.1 (so the model cannot learn that only [MASK] positions matter). `targets` holds
+    the original id at chosen positions and IGNORE_INDEX elsewhere. If nothing is chosen, the first
+    non-special position is (a batch without targets has no loss). `generator` None draws from torch's
+    global RNG. Expected shares of all non-special tokens: 12% [MASK], 1.5% random, 1.5% kept and
+    scored, 85% untouched and unscored.
+    """
+    maskable = ~torch.isin(ids, torch.as_tensor(list(special_ids), dtype=ids.dtype, device=ids.device))
+    chosen = (torch.rand(ids.shape, generator=generator, device=ids.device) < probability) & maskable
+    if not chosen.any() and maskable.any():
+        chosen.view(-1)[maskable.view(-1).nonzero()[0]] = True
+    action = torch.rand(ids.shape, generator=generator, device=ids.device)  # which of the 80/10/10
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator, device=ids.device)
+    inputs = torch.where(chosen & (action < 0.8), mask_id, ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    targets = torch.where(chosen, ids, IGNORE_INDEX)
+    return inputs, targets
+
+
+def masked_lm(*, mask_id: int, vocab_size: int, special_ids: Sequence[int] = ()) -> Objective:
+    """The masked-LM objective for a BERT: `(model, x, y)` masks the token windows x (y, the next-token
+    targets of the batch source, is not used) with `mask_tokens` on torch's global RNG and returns the
+    mean cross-entropy over the chosen positions."""
+
+    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        inputs, targets = mask_tokens(x, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids)
+        return model(inputs, targets)[1]
+
+    return objective
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

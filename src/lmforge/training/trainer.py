@@ -67,7 +67,7 @@ from lmforge.training.distributed import (
     shard_batches,
 )
 from lmforge.training.logging import RunLogger, measure_matmul_peak
-from lmforge.training.objectives import Objective, causal_lm, count_targets
+from lmforge.training.objectives import Objective, causal_lm, count_targets, mask_tokens, masked_lm
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.rng import rng_state, seed_everything, set_rng_state
 from lmforge.training.rundir import open_run_dir
@@ -566,18 +566,22 @@ def _resume_point(trainer: Trainer, resume: bool | str | Path) -> Path | None:
 def train_from_config(
     config: Config, *, resume: bool | str | Path = False, overwrite: bool = False
 ) -> TrainResult:
-    """Causal-LM pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it."""
+    """Pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it: causal LM for a
+    GPT, masked LM for a BERT (`model.architecture = "bert"`, see `mlm_setup`)."""
     from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
     from lmforge.data.shards import check_token_ids, load_meta, open_split
-    from lmforge.models import GPT
+    from lmforge.evaluation.metrics import evaluate_lm, unigram_loss
+    from lmforge.models import BERT, GPT
     from lmforge.tokenizers import tokenizer_from_dict
 
     train, data = config.train, config.data
     seed_everything(train.seed)
     meta = load_meta(data.dir)
     tokenizer = tokenizer_from_dict(meta["tokenizer"], source=Path(data.dir) / "meta.json")
-    if "vocab_size" not in config.model.options:
-        config.model.options["vocab_size"] = tokenizer.vocab_size  # resolved: written into config.toml
+    bert = config.model.architecture == "bert"
+    mask_id, special_ids = mlm_setup(tokenizer) if bert else (None, [])
+    if "vocab_size" not in config.model.options:  # resolved: written into config.toml
+        config.model.options["vocab_size"] = max(tokenizer.vocab_size, (mask_id or 0) + 1)
     model_config = config.model.build()
     if model_config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(
@@ -587,7 +591,15 @@ def train_from_config(
     train_tokens, eval_tokens = open_split(data.dir, "train"), open_split(data.dir, data.eval_split)
     for split, tokens in (("train", train_tokens), (data.eval_split, eval_tokens)):
         check_token_ids(data.dir, split, tokens, tokenizer.vocab_size)  # refused before step 1
-    model = GPT(model_config)
+    if bert and model_config.vocab_size <= mask_id:
+        raise ConfigError(
+            f"model.vocab_size={model_config.vocab_size} leaves no room for the [MASK] id {mask_id}; "
+            f"use at least {mask_id + 1} or leave it unset"
+        )
+    model = BERT(model_config) if bert else GPT(model_config)
+    objective = causal_lm
+    if bert:
+        objective = masked_lm(mask_id=mask_id, vocab_size=tokenizer.vocab_size, special_ids=special_ids)
     batches = RandomWindows(
         train_tokens,
         block_size=model_config.block_size,
@@ -602,16 +614,30 @@ def train_from_config(
     device = resolve_device(train.device)
     autocast = autocast_for(device, resolve_precision(train.precision, device))
 
-    def evaluate(m: nn.Module) -> dict[str, float]:
+    def eval_windows() -> Any:
         # The windows of the global batch size, so every world size scores the same sample of the split.
         T, B = model_config.block_size, train.batch_size * env_world_size()
         if train.eval_batches:  # a fixed sample spread over the whole split, not just its first document
-            windows = spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
-        else:
-            windows = sequential_windows(eval_tokens, block_size=T, batch_size=B)
+            return spread_windows(eval_tokens, block_size=T, batch_size=B, num_batches=train.eval_batches)
+        return sequential_windows(eval_tokens, block_size=T, batch_size=B)
+
+    if bert:  # the same masked positions at every evaluation, drawn once from their own generator
+        generator = torch.Generator().manual_seed(train.seed)
+        masked = [
+            mask_tokens(x, mask_id=mask_id, vocab_size=tokenizer.vocab_size, special_ids=special_ids,
+                        generator=generator)
+            for x, _ in eval_windows()
+        ]  # fmt: skip
+        baseline = unigram_loss(train_tokens, [y for _, y in masked], vocab_size=model_config.vocab_size)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        if bert:  # masked-token loss, perplexity and accuracy, beside the unigram baseline on those tokens
+            metrics = evaluate_lm(m, masked, device=device, autocast=autocast) | {"unigram_loss": baseline}
+            metrics.pop("tokens")
+            return metrics
         return evaluate_on_ranks(
             m,
-            windows,
+            eval_windows(),
             device=device,
             batch_size=train.batch_size,
             autocast=autocast,
@@ -619,6 +645,7 @@ def train_from_config(
         )
 
     checkpoint_meta = {
+        **({"mask_id": mask_id} if bert else {}),
         "tokenizer": meta["tokenizer"],
         "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
         "dataset": str(Path(data.dir).resolve()),  # absolute: eval --ckpt works from any directory
@@ -629,6 +656,7 @@ def train_from_config(
         batches,
         evaluate=evaluate,
         checkpoint_meta=checkpoint_meta,
+        objective=objective,
         resume=resume,
         overwrite=overwrite,
     )
@@ -667,6 +695,16 @@ def evaluate_on_ranks(
     if bytes_per_token is not None:
         metrics["bpb"] = loss / (bytes_per_token * math.log(2))
     return metrics
+
+
+def mlm_setup(tokenizer: Any) -> tuple[int, list[int]]:
+    """(the [MASK] id, the ids masked-LM never chooses) for a tokenizer. A WordPiece tokenizer has its
+    own [MASK]; one without (char, byte-level BPE) gets the id after its last one, `vocab_size`, which
+    the BERT's embedding table then includes. Special tokens ([CLS], [SEP], <|endoftext|>...) are never
+    chosen."""
+    special = sorted(tokenizer.special_tokens.values())
+    mask_id = tokenizer.special_tokens.get("[MASK]", tokenizer.vocab_size)
+    return mask_id, sorted({*special, mask_id})
 
 
 def _short(value: float) -> str:

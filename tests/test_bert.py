@@ -1,0 +1,144 @@
+"""BERT pieces lmforge owns beyond the HF parity (tests/parity/test_bert_hf.py): pooling worked by hand,
+padding invariance, checkpoints, the masked-LM masking statistics and a tiny masked-LM run through the
+shared trainer (loss below the unigram baseline, same masks on resume)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from lmforge.errors import ConfigError
+from lmforge.evaluation.metrics import unigram_loss
+from lmforge.models import BERT, IGNORE_INDEX, BERTConfig
+from lmforge.models.bert import pool
+from lmforge.training.objectives import mask_tokens
+
+TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def test_mean_pooling_leaves_padding_out():
+    """Row [[1, 1], [3, 5], [9, 9]] with mask [1, 1, 0]: (1+3)/2 = 2, (1+5)/2 = 3; [CLS] pooling: [1, 1]."""
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [9.0, 9.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool(hidden, mask).tolist() == [[2.0, 3.0]]
+    assert pool(hidden, mask, pooling="cls").tolist() == [[1.0, 1.0]]
+    with pytest.raises(ConfigError, match="pooling 'max' is unknown"):
+        pool(hidden, mask, pooling="max")
+
+
+def test_padded_row_equals_the_row_alone():
+    torch.manual_seed(0)
+    model = BERT(BERTConfig(**TINY)).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        batched = model.hidden_states(ids, attention_mask=mask)
+        alone = model.hidden_states(ids[1:, :3])
+    torch.testing.assert_close(batched[1, :3], alone[0])
+    with pytest.raises(ConfigError, match="sequence length 17 exceeds block_size 16"):
+        model.hidden_states(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_checkpoint_round_trip_and_tied_head(tmp_path):
+    torch.manual_seed(0)
+    model = BERT(BERTConfig(**TINY, num_labels=3)).eval()
+    assert model.mlm.embeddings[0].weight is model.wte.weight  # the decoder is the embedding matrix
+    model.save_checkpoint(tmp_path, meta={"mask_id": 4})
+    back = BERT.from_checkpoint(tmp_path).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(back(ids)[0], model(ids)[0], atol=0, rtol=0)
+    torch.testing.assert_close(back.classify(ids)[0], model.classify(ids)[0], atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="no masked-LM head"):
+        BERT(BERTConfig(**TINY, mlm_head=False))(ids)
+
+
+def test_mask_tokens_statistics():
+    """200,000 positions, 10% of them special: 180,000 maskable, of which 15% = 27,000 expected chosen;
+    of those 80% -> [MASK] (21,600), 10% random (2,700, of which 1/50 equal the original by chance),
+    10% kept (2,700). Binomial standard deviations are ~150 for the chosen count, so the bounds below
+    (about 4 sigma) fail for a wrong rule, not for noise."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 50, (200, 1000), generator=g)
+    ids[:, ::10] = 2  # a special token ([CLS]-like) at every tenth position
+    inputs, targets = mask_tokens(ids, mask_id=4, vocab_size=50, special_ids=[2, 4], generator=g)
+    chosen = targets != IGNORE_INDEX
+    assert not chosen[:, ::10].any()  # specials are never chosen
+    assert (targets[chosen] == ids[chosen]).all() and (inputs[~chosen] == ids[~chosen]).all()
+    n = int(chosen.sum())
+    assert abs(n - 27_000) < 600
+    masked = int((inputs[chosen] == 4).sum())
+    unchanged = int((inputs[chosen] == ids[chosen]).sum())
+    assert abs(masked / n - 0.8) < 0.012
+    assert abs(unchanged / n - (0.1 + 0.1 / 50)) < 0.01
+    assert abs((n - masked - unchanged) / n - 0.1 * 49 / 50) < 0.01
+    # the same generator state gives the same masks (a resumed run restores torch's RNG state)
+    again = mask_tokens(
+        ids, mask_id=4, vocab_size=50, special_ids=[2, 4], generator=torch.Generator().manual_seed(0)
+    )
+    torch.manual_seed(0)
+    torch.randint(5, 50, (200, 1000))  # the draw of `ids` above, on the global RNG this time
+    assert not torch.equal(again[1], targets)  # a different generator state, different masks
+    one = mask_tokens(torch.tensor([[2, 7, 8]]), mask_id=4, vocab_size=50, special_ids=[2], probability=0.0)
+    assert one[1].tolist() == [[IGNORE_INDEX, 7, IGNORE_INDEX]]  # never a batch without a target
+
+
+def test_unigram_loss_by_hand():
+    """train [0, 0, 1], vocab 3, add-one: p = (3, 2, 1)/6; targets 0 and 2 -> (ln 2 + ln 6)/2 = 1.2425."""
+    import numpy as np
+
+    loss = unigram_loss(np.array([0, 0, 1]), [torch.tensor([[0, IGNORE_INDEX, 2]])], vocab_size=3)
+    assert loss == pytest.approx((math.log(2) + math.log(6)) / 2)
+
+
+def test_mlm_pretraining_through_the_trainer(tmp_path, tiny_dataset):
+    """A tiny BERT through the shared trainer: evaluation reports the masked-token loss beside the
+    unigram baseline of the same tokens, the checkpoint says it is a BERT with its [MASK] id (the char
+    tokenizer has none, so it is the id after the last), and resuming reproduces the uninterrupted run
+    (the masks come from torch's RNG, which checkpoints save). That the loss falls well below the
+    baseline takes minutes, not a test's seconds: BENCHMARKS.md ("Masked-LM pretraining")."""
+    from lmforge.models.checkpoints import load_checkpoint
+    from lmforge.training.config import load_config
+    from lmforge.training.trainer import train_from_config
+
+    common = [
+        *TINY_TRAIN,
+        "model.architecture=bert",
+        f"data.dir={tiny_dataset}",
+        "train.eval_interval=4",
+        "train.eval_batches=2",
+        "optim.decay_iters=8",  # the same schedule for the 4-step run as for the 8-step one
+    ]
+
+    def run(name: str, steps: int, **kwargs):
+        overrides = [*common, f"train.out_dir={tmp_path / name}", f"train.max_iters={steps}"]
+        return train_from_config(load_config(None, overrides=overrides), **kwargs)
+
+    full = run("a", 8)
+    assert math.isfinite(full.last_eval["loss"]) and 0.0 <= full.last_eval["accuracy"] <= 1.0
+    assert full.last_eval["unigram_loss"] < math.log(tiny_vocab := 66)  # frequencies beat uniform ids
+    model, tokenizer, meta = load_checkpoint(full.run_dir / "checkpoints" / "best", architecture="bert")
+    assert isinstance(model, BERT) and meta["mask_id"] == tokenizer.vocab_size == model.config.vocab_size - 1
+    assert tokenizer.vocab_size <= tiny_vocab
+    assert run("b", 4).step == 4
+    resumed = run("b", 8, resume=True)  # dropout 0.1 and the masks both draw from the restored RNG
+    assert resumed.last_eval["loss"] == pytest.approx(full.last_eval["loss"], rel=1e-6)
+
+
+def test_config_architecture_round_trip(tmp_path):
+    from lmforge.training.config import load_config, to_toml
+
+    overrides = [
+        "model.architecture=bert",
+        "model.preset=bert-cpu-small",
+        "model.vocab_size=99",
+        "data.dir=d",
+    ]
+    config = load_config(None, overrides=overrides)
+    assert isinstance(config.model.build(), BERTConfig) and config.model.build().n_layer == 4
+    (tmp_path / "c.toml").write_text(to_toml(config))
+    assert load_config(tmp_path / "c.toml") == config
+    with pytest.raises(ConfigError, match="model.architecture='t5' is invalid; choose one of gpt, bert"):
+        load_config(None, overrides=["model.architecture=t5", "data.dir=d"])
