@@ -185,7 +185,7 @@ def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
 import json, time, torch, transformers
 from lmforge.models.checkpoints import load_gguf
 from lmforge.models.gguf import smollm2_gguf_path
-path, dtype = smollm2_gguf_path(), {{"bf16": torch.bfloat16, "fp32": torch.float32}}["{dtype}"]
+path, dtype = smollm2_gguf_path(), {{"bf16": torch.bfloat16, "fp32": torch.float32}}.get("{dtype}")
 def status():
     lines = (line.split(":", 1) for line in open("/proc/self/status"))
     return {{k: int(v.split()[0]) / 1024 for k, v in lines if k in ("VmRSS", "VmHWM")}}
