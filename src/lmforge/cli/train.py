@@ -14,7 +14,7 @@ from typing import Any
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a GPT on a prepared dataset (config file + overrides)",
+        help="train a GPT (or a BERT, masked LM) on a prepared dataset; torchrun for several processes",
         description="Train a GPT from a TOML config. The run directory (train.out_dir) receives config.toml, "
         "metrics.csv,\nevents/ (TensorBoard), plots/*.png and checkpoints/. Under torchrun every process "
         "runs this same\ncommand: DDP or FSDP2 by train.parallel, the global batch is "
