@@ -65,11 +65,12 @@ def in_test_split(title: str, test_fraction: float) -> bool:
 
 
 def wiki_retrieval_set(
-    split: str = "test", *, test_fraction: float = 0.2, min_sentences: int = 3
+    split: str = "test", *, test_fraction: float = 0.2, min_sentences: int = 3, split_passages: bool = False
 ) -> RetrievalSet:
-    """The query/passage task above over all leads, with the queries of one split ("train", "test", "all").
+    """The query/passage task above, with the queries of one split ("train", "test", "all").
 
-    Every usable lead gives a passage; only the split's articles give queries.
+    Every usable lead gives a passage (with `split_passages`, only the split's leads: a smaller corpus
+    for a machine that cannot embed them all); only the split's articles give queries.
     """
     if split not in ("train", "test", "all"):
         raise ConfigError(f"split={split!r} is invalid; use train, test or all")
@@ -79,10 +80,12 @@ def wiki_retrieval_set(
         sentences = split_sentences(lead.replace("\n", " "))
         if len(sentences) < min_sentences:
             continue
-        held_out = in_test_split(title, test_fraction)
-        if split == "all" or held_out == (split == "test"):
+        in_split = split == "all" or in_test_split(title, test_fraction) == (split == "test")
+        if in_split:
             queries.append(sentences[0])
             positives.append(len(passages))
+        elif split_passages:
+            continue
         passages.append(" ".join(sentences[1:]))
         titles.append(title)
     return RetrievalSet(queries, positives, passages, titles)

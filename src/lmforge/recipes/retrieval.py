@@ -41,16 +41,18 @@ def evaluate_retrieval(
     index_dir: str | Path | None = None,
     approximate: bool = False,
     test_fraction: float = 0.2,
+    split_passages: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score BM25, the bi-encoder and (with `reranker`) bi-encoder + re-ranking on `queries` test queries
-    (spread evenly over the test split; 0 = all) against every passage. `index_dir` caches the passage
+    (spread evenly over the test split; 0 = all) against every passage (`split_passages`: the test
+    articles' passages only). `index_dir` caches the passage
     vectors (built on first use, checked against `model` after)."""
     from lmforge.inference.encoder import embed_texts, load_encoder
 
     if queries < 0 or rerank_depth < K:
         raise ConfigError(f"queries must be >= 0 and rerank_depth >= {K}")
-    data = wiki_retrieval_set("test", test_fraction=test_fraction)
+    data = wiki_retrieval_set("test", test_fraction=test_fraction, split_passages=split_passages)
     chosen = (
         np.linspace(0, len(data.queries) - 1, queries).round().astype(int)
         if queries
