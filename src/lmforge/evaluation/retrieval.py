@@ -36,7 +36,7 @@ from lmforge.errors import ConfigError, DataError
 # A sentence ends at . ! or ? followed by a space and a capital letter or digit, not after a single
 # capital ("J. R. R. Tolkien") or a common abbreviation.
 _SENTENCE_END = regex.compile(
-    r"(?<!\b(?:\p{Lu}|[Mm]rs?|Dr|St|Jr|Sr|vs|ca|c|e\.g|i\.e|U\.S|No))(?<=[.!?])\s+(?=[\p{Lu}\d\"“(])"
+    r"(?<!\b(?:\p{Lu}|[Mm]rs?|Dr|St|Jr|Sr|vs|ca|c|e\.g|i\.e|U\.S|No)\.)(?<=[.!?])\s+(?=[\p{Lu}\d\"“(])"
 )
 _WORD = regex.compile(r"[\p{L}\p{N}]+")
 
@@ -111,7 +111,7 @@ def retrieval_metrics(
     rankings: np.ndarray, positives: Sequence[int], *, ks: Sequence[int] = (1, 10)
 ) -> dict[str, float]:
     """recall@k for each k and MRR@(largest k) (module docstring). rankings (Q, >= max k) passage indices."""
-    ranks = positive_ranks(np.asarray(rankings)[:, : max(ks)], positives)
+    ranks = positive_ranks(check_rankings(rankings, positives)[:, : max(ks)], positives)
     metrics = {f"recall@{k}": float(((ranks >= 1) & (ranks <= k)).mean()) for k in ks}
     metrics[f"mrr@{max(ks)}"] = float(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0).mean())
     return metrics

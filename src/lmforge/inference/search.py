@@ -191,10 +191,13 @@ class ApproximateIndex:
     def search(self, query_vectors: np.ndarray, k: int = 10) -> np.ndarray:
         """(Q, D) -> (Q, k) passage rows, best first (-1 where the graph found fewer than k)."""
         k = min(k, self.size)
-        matches = self.index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), k, threads=1)
-        keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(query_vectors), -1)
-        counts = np.asarray(matches.counts).reshape(-1)
-        keys[np.arange(keys.shape[1])[None, :] >= counts[:, None]] = -1
+        queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        matches = self.index.search(queries, k, threads=1)
+        if len(queries) == 1:  # usearch returns one query's `Matches`, only the keys it found
+            found = np.asarray(matches.keys, dtype=np.int64)
+            return np.concatenate([found, np.full(k - len(found), -1)])[None, :]
+        keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)  # (Q, k)
+        keys[np.arange(keys.shape[1])[None, :] >= np.asarray(matches.counts)[:, None]] = -1
         return keys
 
 

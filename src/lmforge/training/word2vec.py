@@ -193,22 +193,34 @@ def train_word2vec(
     total_steps = max(1, math.ceil(config.epochs * expected_kept * pairs_per_word / config.batch_size))
 
     step, losses = 0, []
-    with progress_bar(total=total_steps, desc="word2vec", unit="batch") as bar:
-        for epoch in range(config.epochs):
-            kept = rng.random(len(ids)) < keep[ids]
-            centers, contexts = skipgram_pairs(ids[kept], sentence_of[kept], config.window, rng)
-            order = torch.from_numpy(rng.permutation(len(centers)))
-            centers, contexts = torch.from_numpy(centers)[order], torch.from_numpy(contexts)[order]
-            epoch_loss, epoch_pairs = 0.0, 0
-            for start in range(0, len(centers), config.batch_size):
-                c, o = centers[start : start + config.batch_size], contexts[start : start + config.batch_size]
-                u = torch.rand(len(c), config.negative, generator=generator, dtype=torch.float64)
-                negatives = torch.searchsorted(cumulative, u).clamp_(max=len(words) - 1)  # (B, K)
-                lr = config.lr - (config.lr - config.min_lr) * min(1.0, step / total_steps)
-                epoch_loss += model.sgd_step(c, o, negatives, lr)
-                epoch_pairs, step = epoch_pairs + len(c), step + 1
-                bar.update(1)
-            losses.append(epoch_loss / max(epoch_pairs, 1))
-            log(f"epoch {epoch + 1}/{config.epochs}: {epoch_pairs:,} pairs, loss per pair {losses[-1]:.4f}")
+    # One thread: a step's tensors are a few hundred KB, too small for intra-op parallelism to pay, and
+    # on a busy machine torch's worker threads spin-wait (measured 8x slower with 2 threads than with 1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with progress_bar(total=total_steps, desc="word2vec", unit="batch") as bar:
+            for epoch in range(config.epochs):
+                kept = rng.random(len(ids)) < keep[ids]
+                centers, contexts = skipgram_pairs(ids[kept], sentence_of[kept], config.window, rng)
+                order = torch.from_numpy(rng.permutation(len(centers)))
+                centers, contexts = torch.from_numpy(centers)[order], torch.from_numpy(contexts)[order]
+                epoch_loss, epoch_pairs = 0.0, 0
+                for start in range(0, len(centers), config.batch_size):
+                    c, o = (
+                        centers[start : start + config.batch_size],
+                        contexts[start : start + config.batch_size],
+                    )
+                    u = torch.rand(len(c), config.negative, generator=generator, dtype=torch.float64)
+                    negatives = torch.searchsorted(cumulative, u).clamp_(max=len(words) - 1)  # (B, K)
+                    lr = config.lr - (config.lr - config.min_lr) * min(1.0, step / total_steps)
+                    epoch_loss += model.sgd_step(c, o, negatives, lr)
+                    epoch_pairs, step = epoch_pairs + len(c), step + 1
+                    bar.update(1)
+                losses.append(epoch_loss / max(epoch_pairs, 1))
+                log(
+                    f"epoch {epoch + 1}/{config.epochs}: {epoch_pairs:,} pairs, loss per pair {losses[-1]:.4f}"
+                )
+    finally:
+        torch.set_num_threads(threads)
     settings = {"corpus": corpus, **asdict(config), "loss_per_pair": losses}
     return WordVectors.from_matrix(words, counts, model.input_vectors.detach().numpy(), settings)
