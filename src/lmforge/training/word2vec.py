@@ -218,7 +218,8 @@ def train_word2vec(
                     bar.update(1)
                 losses.append(epoch_loss / max(epoch_pairs, 1))
                 log(
-                    f"epoch {epoch + 1}/{config.epochs}: {epoch_pairs:,} pairs, loss per pair {losses[-1]:.4f}"
+                    f"epoch {epoch + 1}/{config.epochs}: {epoch_pairs:,} pairs, "
+                    f"loss per pair {losses[-1]:.4f}"
                 )
     finally:
         torch.set_num_threads(threads)
