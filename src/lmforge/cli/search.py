@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="--evaluate: search only the test articles' passages (a fifth of the corpus; faster)",
     )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="--evaluate: share of the articles in the test split (default 0.2, as the re-ranker's config)",
+    )
     p.add_argument("--json", action="store_true", help="--evaluate: print the results as JSON")
     p.set_defaults(func=run_search)
 
@@ -152,6 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         index_dir=args.index,
         approximate=args.approximate,
         split_passages=args.test_passages,
+        test_fraction=args.test_fraction,
         log=log,
     )
     if args.json:
