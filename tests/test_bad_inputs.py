@@ -383,6 +383,40 @@ CASES: list[tuple[str, list[str], int, str]] = [
         1,
         "lmforge tokenizer: error: {w}/not-empty: Is a directory",
     ),
+    (
+        "wordpiece-vocab-without-unk",
+        ["tokenizer", "encode", "--tokenizer", "{bad}/vocab_without_unk.txt", "--text", "the"],
+        2,
+        "lmforge tokenizer: error: {bad}/vocab_without_unk.txt: the vocabulary has no [UNK] line, which "
+        "WordPiece needs for unknown words",
+    ),
+    (
+        "wordpiece-vocab-repeated-token",
+        ["tokenizer", "inspect", "--tokenizer", "{bad}/vocab_repeated_token.txt"],
+        2,
+        "lmforge tokenizer: error: {bad}/vocab_repeated_token.txt: line 5 repeats 'the' from line 3",
+    ),
+    (
+        "wordpiece-hf-json-id-gap",
+        ["tokenizer", "encode", "--tokenizer", "{bad}/tokenizer_wordpiece_id_gap.json", "--text", "the"],
+        2,
+        "lmforge tokenizer: error: {bad}/tokenizer_wordpiece_id_gap.json: model.vocab ids must run 0..n-1 "
+        "without gaps or repeats",
+    ),
+    # ---- encoders: a GPT where a BERT is needed, empty text
+    (
+        "fill-mask-on-a-gpt",
+        ["fill-mask", "a [MASK].", "--ckpt", "{ckpt}"],
+        2,
+        "lmforge fill-mask: error: {ckpt}/meta.json: is a GPT (decoder-only language model: generate, chat, "
+        "eval, finetune), but this needs a BERT",
+    ),
+    (
+        "embed-empty-text",
+        ["embed", "text", "fine", " ", "--ckpt", "{ckpt}"],
+        2,
+        "lmforge embed: error: text 1 is empty (or only whitespace); an encoder has nothing to embed there",
+    ),
     # ---- eval: checkpoints and flags
     (
         "eval-max-batches-negative",

@@ -78,6 +78,7 @@ def test_normalizer_by_hand():
 
 def test_protocol_and_decode(small):
     assert isinstance(small, Tokenizer)
+    assert small.eot_id == 3  # [SEP] separates documents in prepared shards
     assert small.decode(small.encode("hugging, a!").ids) == "[CLS] hugging, a! [SEP]"
     assert small.decode(small.encode("hugging, a!").ids, skip_special_tokens=True) == "hugging, a!"
     with pytest.raises(TokenizerError, match="not in this tokenizer"):
@@ -189,3 +190,50 @@ def test_truncation_and_padding_need_a_length(small):
         small.encode("a", pair="a", max_length=2, truncation=True)
     batch = small.encode_batch(["a", "a a a"], padding="longest")
     assert [len(e) for e in batch] == [5, 5] and batch[0].attention_mask == [1, 1, 1, 0, 0]
+
+
+def test_cli_train_encode_decode_inspect(tmp_path, capsys, shakespeare_sample):
+    from lmforge.cli import main
+
+    corpus = tmp_path / "a.txt"
+    corpus.write_text(shakespeare_sample[:20_000], encoding="utf-8")
+    out, hf, vocab = tmp_path / "wp.json", tmp_path / "hf.json", tmp_path / "vocab.txt"
+    argv = ["tokenizer", "train", "--kind", "wordpiece", "--input", str(corpus), "--vocab-size", "200"]
+    assert main([*argv, "--out", str(out), "--hf-out", str(hf), "--vocab-out", str(vocab)]) == 0
+    assert "vocabulary of 200" in capsys.readouterr().out
+    tok = load_tokenizer(out)
+    assert load_tokenizer(hf).vocab == tok.vocab == WordPieceTokenizer.from_vocab_file(vocab).vocab
+
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "To be,", "--pair", "or not"]) == 0
+    printed = [int(i) for i in capsys.readouterr().out.split()]
+    assert printed == tok.encode("To be,", "or not").ids and printed[0] == tok.special_tokens["[CLS]"]
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "To be", "--details"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = tok.encode("To be").ids[1]  # "t" or "to", depending on what 200 entries hold
+    assert len(lines) == 1 + len(tok.encode("To be")) and lines[2].split()[:3] == [str(first), "type", "0"]
+    assert main(["tokenizer", "decode", "--tokenizer", str(out), "--ids", " ".join(map(str, printed))]) == 0
+    assert capsys.readouterr().out == "[CLS] to be, [SEP] or not [SEP]"
+    assert (
+        main(["tokenizer", "inspect", "--tokenizer", str(out), "--text-file", str(corpus), "--no-color"]) == 0
+    )
+    report = capsys.readouterr().out
+    assert "kind wordpiece, vocab_size 200" in report and "are [UNK]" in report
+
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "a [MASK]"]) == 2
+    assert "--allow-special" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_text("[PAD]\nhello\n", encoding="utf-8")
+    assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "bad.txt"), "--text", "a"]) == 2
+    assert "no [UNK] line" in capsys.readouterr().err
+
+
+def test_word_counts_equal_the_pre_tokenizer_words():
+    """count_words counts whitespace chunks first and splits each distinct chunk once: the counts and
+    their order of first appearance must equal a plain pass of the pre-tokenizer over every text."""
+    texts = ["Hello, world! hello (world)... naïve 北京北京 tab\there", "x\x00y don't world, HELLO!", "  "]
+    normalizer = BertNormalizer()
+    plain: dict[str, int] = {}
+    for text in texts:
+        for word, _, _ in normalizer.words(text):
+            plain[word] = plain.get(word, 0) + 1
+    counted = count_words(texts, normalizer)
+    assert list(counted.items()) == list(plain.items())

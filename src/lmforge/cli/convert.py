@@ -1,4 +1,4 @@
-"""`lmforge convert`: move a GPT-2 or a Llama-style GPT between Hugging Face's layout and an lmforge
+"""`lmforge convert`: move a GPT-2, a Llama-style GPT or a BERT between Hugging Face's layout and an lmforge
 checkpoint, tokenizer included, so that the result is directly usable (`lmforge generate`,
 `GPT2LMHeadModel` / `LlamaForCausalLM.from_pretrained`).
 
@@ -11,6 +11,8 @@ tokenizer is carried here, with the readers and writers of `lmforge.tokenizers.f
                  holds the split pattern, which vocab.json + merges.txt do not (they imply GPT-2's).
   lmforge -> hf  a BPE tokenizer in SRC's meta.json is written as HF's `tokenizer.json`, and its end-of-text
                  id becomes config.json's bos_token_id / eos_token_id.
+A BERT carries BERT's `vocab.txt` instead (WordPiece; lowercased as tokenizer_config.json's
+do_lower_case says), and goes back out as vocab.txt, tokenizer.json and tokenizer_config.json.
 So lmforge -> hf -> lmforge keeps the tokenizer (same fingerprint). A tokenizer.json that is not
 byte-level BPE with lmforge's id layout is an error naming it, unless vocab.json + merges.txt are there too
 (then they are used, with a note). A checkpoint without a tokenizer, or with a character tokenizer (no HF
@@ -30,23 +32,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lmforge.models import GPT
-    from lmforge.tokenizers import BPETokenizer
+    from lmforge.models import BERT, GPT
+    from lmforge.tokenizers import BPETokenizer, WordPieceTokenizer
 
 HF_TOKENIZER, VOCAB, MERGES = "tokenizer.json", "vocab.json", "merges.txt"
+BERT_VOCAB = "vocab.txt"
 FORMATS = ("hf", "lmforge", "gguf")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a GPT-2 or Llama (weights and tokenizer) between Hugging Face, GGUF and lmforge",
+        help="convert a GPT-2, Llama or BERT (weights and tokenizer) between Hugging Face, GGUF and lmforge",
         description="Convert a Hugging Face GPT-2 or Llama directory into an lmforge checkpoint directory,\n"
-        "or back, tokenizer included, so that DST is ready for `lmforge generate` or for\n"
-        "transformers' from_pretrained(DST). The architecture follows the model: config.json's\n"
-        "model_type (gpt2 or llama) one way; the other way a GPT with rotary positions, RMSNorm,\n"
-        "SwiGLU and no biases becomes a LlamaForCausalLM, any other a GPT2LMHeadModel (refused if\n"
-        "GPT-2 cannot express it).",
+        "or back, tokenizer included, so that DST is ready for `lmforge generate` (a BERT: `lmforge embed`,\n"
+        "`lmforge fill-mask`) or for transformers' from_pretrained(DST). The architecture follows the\n"
+        "model: config.json's model_type (gpt2, llama or bert) one way; the other way a GPT with rotary\n"
+        "positions, RMSNorm, SwiGLU and no biases becomes a LlamaForCausalLM, any other a GPT2LMHeadModel\n"
+        "(refused if GPT-2 cannot express it), and a BERT a BertModel / BertForMaskedLM /\n"
+        "BertForSequenceClassification by its heads.",
         epilog="what is converted:\n"
         "  hf -> lmforge   config.json + model.safetensors -> model.safetensors + meta.json;\n"
         "                  tokenizer.json (byte-level BPE), or else vocab.json + merges.txt (GPT-2\n"
@@ -63,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "\n"
         "examples:\n"
         "  lmforge convert --from hf --to lmforge ./gpt2-hf ./ckpt/gpt2\n"
+        "  lmforge convert --from hf --to lmforge ./bert-base-uncased ./ckpt/bert  (its vocab.txt too)\n"
         "  lmforge convert --from lmforge --to hf runs/shakespeare-bpe/checkpoints/best ./shakespeare-hf\n"
         "  lmforge convert --from gguf --to lmforge SmolLM2-135M-Instruct.Q4_1.gguf ./smollm2 --dtype bf16\n"
         "  lmforge convert --from lmforge --to gguf ./smollm2 smollm2-q8.gguf --dtype q8_0",
@@ -143,12 +148,36 @@ def _import_hf_tokenizer(src: Path, vocab_size: int) -> tuple[BPETokenizer | Non
     return tokenizer, f"{skipped}tokenizer: {origin} -> BPE, {tokenizer.vocab_size:,} ids, {_eot(tokenizer)}"
 
 
-def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
+def _import_bert_vocab(src: Path, vocab_size: int) -> tuple[WordPieceTokenizer | None, str]:
+    """BERT's vocab.txt in `src` (lowercasing as tokenizer_config.json's do_lower_case says, default true)."""
+    from lmforge.errors import FormatError
+    from lmforge.fileio import read_json
+    from lmforge.tokenizers import WordPieceTokenizer
+
+    if not (src / BERT_VOCAB).exists():
+        return None, f"note: no {BERT_VOCAB} in {src}, so the checkpoint has no tokenizer"
+    settings = src / "tokenizer_config.json"
+    lowercase = (
+        read_json(settings, what="HF tokenizer config").get("do_lower_case", True)
+        if settings.exists()
+        else True
+    )
+    tokenizer = WordPieceTokenizer.from_vocab_file(src / BERT_VOCAB, lowercase=bool(lowercase))
+    if tokenizer.vocab_size > vocab_size:
+        raise FormatError(
+            src / BERT_VOCAB, f"{tokenizer.vocab_size:,} tokens, more than the model's {vocab_size:,}"
+        )
+    case = "lowercased" if tokenizer.lowercase else "cased"
+    return tokenizer, f"tokenizer: {BERT_VOCAB} -> WordPiece, {tokenizer.vocab_size:,} ids, {case}"
+
+
+def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT | BERT, str]:
     """Convert; return the model and a line about the tokenizer."""
     from lmforge.models.convert import from_hf
 
     model, architecture = from_hf(src)
-    tokenizer, note = _import_hf_tokenizer(src, model.config.vocab_size)
+    import_tokenizer = _import_bert_vocab if architecture == "bert" else _import_hf_tokenizer
+    tokenizer, note = import_tokenizer(src, model.config.vocab_size)
     meta: dict[str, Any] = {"converted_from": f"hf-{architecture}"}
     if tokenizer is not None:
         meta |= {"tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint()}
@@ -156,15 +185,33 @@ def _hf_to_lmforge(src: Path, dst: Path) -> tuple[GPT, str]:
     return model, note
 
 
-def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT, str]:
+def _lmforge_to_hf(src: Path, dst: Path) -> tuple[GPT | BERT, str]:
     """Convert; return the model and a line about the tokenizer."""
+    from lmforge.fileio import atomic_write_json
+    from lmforge.models import BERT
     from lmforge.models.checkpoints import load_checkpoint
-    from lmforge.models.convert import to_hf
+    from lmforge.models.convert import to_hf, to_hf_bert
     from lmforge.models.gpt import META_FILE
-    from lmforge.tokenizers import BPETokenizer
+    from lmforge.tokenizers import BPETokenizer, WordPieceTokenizer
     from lmforge.tokenizers.foreign import export_hf
 
-    model, tokenizer, _ = load_checkpoint(src, require_tokenizer=False)
+    model, tokenizer, _ = load_checkpoint(src, require_tokenizer=False, architecture=None)
+    if isinstance(model, BERT):
+        if not isinstance(tokenizer, WordPieceTokenizer):
+            to_hf_bert(model, dst)
+            return model, f"note: {src / META_FILE} has no WordPiece tokenizer, so {dst} has the weights only"
+        to_hf_bert(model, dst, pad_id=tokenizer.special_tokens.get("[PAD]"))
+        tokenizer.save_vocab(dst / BERT_VOCAB)
+        tokenizer.save_hf(dst / HF_TOKENIZER)
+        atomic_write_json(
+            dst / "tokenizer_config.json",
+            {
+                "tokenizer_class": "BertTokenizer",
+                "do_lower_case": tokenizer.lowercase,
+                "model_max_length": model.config.block_size,
+            },
+        )
+        return model, f"tokenizer: WordPiece, {tokenizer.vocab_size:,} ids -> {BERT_VOCAB} + {HF_TOKENIZER}"
     if tokenizer is None:
         to_hf(model, dst)
         return model, f"note: {src / META_FILE} has no tokenizer, so {dst} has the weights only"
@@ -250,9 +297,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--dtype is for GGUF conversions; hf <-> lmforge keeps float32")
         convert = _hf_to_lmforge if args.source_format == "hf" else _lmforge_to_hf
         model, note = convert(Path(args.src), dst)
+    from lmforge.models import BERT
     from lmforge.models.convert import hf_architecture
 
-    architecture = "Llama" if hf_architecture(model.config) == "llama" else "GPT-2"
+    if isinstance(model, BERT):
+        architecture = "BERT"
+    else:
+        architecture = "Llama" if hf_architecture(model.config) == "llama" else "GPT-2"
     print(f"wrote {args.target_format} {architecture} ({model.num_params():,} parameters) to {args.dst}")
     print(note)
     return 0

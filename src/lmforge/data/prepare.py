@@ -41,7 +41,6 @@ from lmforge.data.shards import (
     dtype_for_vocab,
     encode_jobs,
     load_meta,
-    separator_id,
 )
 from lmforge.data.sources import OnBadRecord, SourceReader, counted
 from lmforge.data.split import SPLIT_CODES, assign_splits, check_fractions, split_key
@@ -120,7 +119,7 @@ def prepare(
             "tokenizer": tokenizer.to_dict(),
             "tokenizer_fingerprint": tokenizer.fingerprint(),
             "vocab_size": tokenizer.vocab_size,
-            "eot_id": separator_id(tokenizer),
+            "eot_id": tokenizer.eot_id,
             "splits": splits,
             "documents": {"read": kept.read, "kept": len(codes)},
             "filters": kept.filters,

@@ -4,7 +4,7 @@ A split file is raw little-endian uint16 (or uint32 when the vocabulary has more
 ids: document, eot, document, eot, ... in source order, readable with `numpy.memmap` without loading it.
 `meta.json` beside them says how to read them (dtype, token counts, the tokenizer itself) and what went
 in (sources, filter and dedup counts, the command). Layout as nanoGPT's `prepare.py`, with the eot after
-every document rather than before (a WordPiece tokenizer, which has no eot, separates with [SEP]).
+every document rather than before.
 
 Encoding goes through the tokenizer's fast path `encode_ordinary_batch` (special-token text inside a
 document is ordinary text: only our separator is an eot). With `workers > 1` batches of documents are
@@ -118,10 +118,9 @@ def encode_with_separators(
     Example: texts ["ab", "c"] with ids a=1, b=2, c=3 and eot=0 -> [1, 2, 0, 3, 0].
     """
     flat: list[int] = []
-    separator = separator_id(tokenizer)
     for ids in tokenizer.encode_ordinary_batch(texts, num_threads=num_threads):
         flat.extend(ids)
-        flat.append(separator)
+        flat.append(tokenizer.eot_id)
     # One conversion of the whole batch: per-document np.array calls cost more than the encoding.
     return np.array(flat, dtype=DTYPES[dtype])
 
@@ -188,19 +187,11 @@ class SplitWriter:
             f.close()
 
 
-def separator_id(tokenizer: Tokenizer) -> int | None:
-    """The id written after every document: <|endoftext|>, or for a WordPiece tokenizer (which has
-    none) [SEP], BERT's own separator of texts."""
-    if tokenizer.eot_id is not None:
-        return tokenizer.eot_id
-    return tokenizer.special_tokens.get("[SEP]") if tokenizer.kind == "wordpiece" else None
-
-
 def check_tokenizer_for_shards(tokenizer: Tokenizer) -> None:
-    if separator_id(tokenizer) is None:
+    if tokenizer.eot_id is None:
         raise DataError(
-            "the tokenizer has no '<|endoftext|>' special token (nor, for WordPiece, '[SEP]'), which shards "
-            "use to separate documents; train or load one with that special token"
+            "the tokenizer has no '<|endoftext|>' special token, which shards use to separate documents; "
+            "train or load one with that special token"
         )
     if tokenizer.vocab_size > 2**32:
         raise DataError(f"vocab_size {tokenizer.vocab_size:,} does not fit in uint32")

@@ -361,15 +361,19 @@ def to_hf(model: GPT, directory: str | Path, *, eot_id: int | None = None) -> st
     return architecture
 
 
-def from_hf(directory: str | Path) -> tuple[GPT, str]:
-    """Import a Hugging Face GPT-2 or Llama directory by its config.json's model_type: (model, which)."""
+def from_hf(directory: str | Path) -> tuple[GPT | BERT, str]:
+    """Import an HF GPT-2, Llama or BERT directory by its config.json's model_type: (model, which)."""
     path = Path(directory) / "config.json"
     model_type = _read_hf_config(path).get("model_type")
     if model_type == "gpt2":
         return from_hf_gpt2(directory), "gpt2"
     if model_type == "llama":
         return from_hf_llama(directory), "llama"
-    raise FormatError(path, f"model_type {model_type!r} is not supported (lmforge converts gpt2 and llama)")
+    if model_type == "bert":
+        return from_hf_bert(directory), "bert"
+    raise FormatError(
+        path, f"model_type {model_type!r} is not supported (lmforge converts gpt2, llama and bert)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

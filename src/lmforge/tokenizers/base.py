@@ -5,6 +5,9 @@ Our `tokenizer.json` (format_version 1) is the `to_dict()` of a tokenizer:
   bpe:  {"format_version": 1, "kind": "bpe", "pattern": {"name": "gpt4", "regex": "..."},
          "byte_ids": [256 ids], "merges": [[left, right], ...], "special_tokens": {"<|endoftext|>": 4095}}
   char: {"format_version": 1, "kind": "char", "chars": "...", "special_tokens": {...}}
+  wordpiece: {"format_version": 1, "kind": "wordpiece", "lowercase": true, "strip_accents": true,
+         "handle_chinese_chars": true, "max_input_chars_per_word": 100, "special_tokens": {"[PAD]": 0, ...},
+         "vocab": ["[PAD]", "[UNK]", ..., "##s", ...]}
 A tokenizer's fingerprint is the sha256 of that dict's canonical JSON; datasets and checkpoints store it
 to tell whether two tokenizers are the same. Deliberately not here: reading these files back
 (formats.py, which knows every kind) and foreign formats (foreign.py). This module imports no tokenizer,
@@ -31,10 +34,14 @@ class Tokenizer(Protocol):
     """What the rest of lmforge may use of any tokenizer (BPETokenizer, CharTokenizer, ...).
 
     Ids run 0..vocab_size-1; `special_tokens` maps each special token's text to its id; `eot_id` is the
-    id of "<|endoftext|>" or None. `to_dict()` is the tokenizer.json content (module docstring).
+    id of "<|endoftext|>" (of "[SEP]" for WordPiece) or None. `to_dict()` is the tokenizer.json content
+    (module docstring).
+    `encode_ordinary` gives the plain ids of a text for every kind. WordPiece (an encoder's tokenizer)
+    departs in `encode` and `encode_batch`, which return BERT model inputs (`WordPieceEncoding`: ids with
+    [CLS]/[SEP], token types, attention mask, offsets) rather than a list of ids.
     """
 
-    kind: str  # "bpe", "char": the "kind" field of tokenizer.json
+    kind: str  # "bpe", "wordpiece", "char": the "kind" field of tokenizer.json
     vocab_size: int
     special_tokens: dict[str, int]
 
@@ -105,6 +112,17 @@ def read_training_text(item: str | Path) -> str:
         raise DataError(f"{path}: cannot read training file ({e.strerror})") from None
 
 
+def refuse_special_text(tokenizer: Tokenizer, text: str) -> None:
+    """The refusal of `encode_user_text` on its own, for callers that encode by other means (a WordPiece
+    model input)."""
+    for token in tokenizer.special_tokens:
+        if token in text:
+            raise TokenizerError(
+                f"the text contains the special token {token!r}; pass --allow-special to encode it as that "
+                "token (allow_special=True in Python), or remove it"
+            )
+
+
 def encode_user_text(tokenizer: Tokenizer, text: str, *, allow_special: bool = False) -> list[int]:
     """Text a person typed (a prompt, a chat message, `tokenizer encode` input), under one policy for every
     command: special-token text such as "<|endoftext|>" is refused unless `allow_special` (the CLI's
@@ -113,10 +131,5 @@ def encode_user_text(tokenizer: Tokenizer, text: str, *, allow_special: bool = F
     """
     if allow_special:
         return tokenizer.encode(text, allowed_special="all")
-    for token in tokenizer.special_tokens:
-        if token in text:
-            raise TokenizerError(
-                f"the text contains the special token {token!r}; pass --allow-special to encode it as that "
-                "token (allow_special=True in Python), or remove it"
-            )
+    refuse_special_text(tokenizer, text)
     return tokenizer.encode_ordinary(text)

@@ -42,6 +42,7 @@ References: Schuster & Nakajima 2012 (WordPiece); Wu et al. 2016 (GNMT); Devlin 
 from __future__ import annotations
 
 import heapq
+import re
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -73,6 +74,7 @@ _CJK = (
 # One word = a run of characters that are neither space, punctuation nor CJK; punctuation and CJK alone.
 _WORDS = regex.compile(rf"[^\s\p{{P}}{_ASCII_PUNCT}{_CJK}]+|[\p{{P}}{_ASCII_PUNCT}{_CJK}]")
 _WORDS_NO_CJK = regex.compile(rf"[^\s\p{{P}}{_ASCII_PUNCT}]+|[\p{{P}}{_ASCII_PUNCT}]")
+_CHUNKS = re.compile(r"\S+")  # after normalization every whitespace character is a space, tab or newline
 _ASCII_CONTROL = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -135,10 +137,11 @@ class BertNormalizer:
             return [(m.group(), m.start(), m.end()) for m in pattern.finditer(normalized)]
         return [(m.group(), origin[m.start()], origin[m.end() - 1] + 1) for m in pattern.finditer(normalized)]
 
-    def word_list(self, text: str) -> list[str]:
-        """Only the words (training needs no offsets)."""
-        pattern = _WORDS if self.handle_chinese_chars else _WORDS_NO_CJK
-        return pattern.findall(self.normalize(text)[0])
+    def chunk_words(self, chunk: str) -> list[str]:
+        """The words of a whitespace-free chunk of normalized text. Example: "hi," -> ["hi", ","]."""
+        if chunk.isascii() and chunk.isalnum():  # fast path: a plain ASCII word
+            return [chunk]
+        return (_WORDS if self.handle_chinese_chars else _WORDS_NO_CJK).findall(chunk)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -229,7 +232,8 @@ class WordPieceTokenizer:
         self.normalizer = BertNormalizer(lowercase, self.strip_accents, handle_chinese_chars)
         self.unk_id = self.token_to_id[UNK]
         self._max_token_chars = max(len(t) for t in tokens)
-        self._word_cache: dict[str, list[tuple[int, int, int]]] = {}
+        # whitespace-free chunk of normalized text -> (ids, (start, end) of each within the chunk)
+        self._chunk_cache: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
 
     # --- construction ------------------------------------------------------------------------------
 
@@ -279,9 +283,6 @@ class WordPieceTokenizer:
         """(id, start, end) of each piece, start/end in characters of the normalized word; one [UNK]
         covering the word when it cannot be built. Example: "hugging" -> [(id("hu"), 0, 2), (id("##gg"),
         2, 4), (id("##ing"), 4, 7)]."""
-        pieces = self._word_cache.get(word)
-        if pieces is not None:
-            return pieces
         n = len(word)
         pieces = []
         if n > self.max_input_chars_per_word:
@@ -301,24 +302,42 @@ class WordPieceTokenizer:
                     pieces = [(self.unk_id, 0, n)]
                     break
                 start = end
-        if len(self._word_cache) < 1_000_000:
-            self._word_cache[word] = pieces
         return pieces
+
+    def _chunk_pieces(self, chunk: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of a whitespace-free chunk of normalized text and their spans in it, cached (a text repeats
+        its chunks). Example: "hugging," -> ([hu, ##gg, ##ing, ","], [(0, 2), (2, 4), (4, 7), (7, 8)])."""
+        cached = self._chunk_cache.get(chunk)
+        if cached is not None:
+            return cached
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        if chunk.isascii() and chunk.isalnum():  # fast path: one plain ASCII word
+            words = [(chunk, 0)]
+        else:
+            pattern = _WORDS if self.handle_chinese_chars else _WORDS_NO_CJK
+            words = [(m.group(), m.start()) for m in pattern.finditer(chunk)]
+        for word, base in words:
+            for token_id, start, end in self._word_pieces(word):
+                ids.append(token_id)
+                spans.append((base + start, base + end))
+        if len(self._chunk_cache) < 500_000:
+            self._chunk_cache[chunk] = ids, spans
+        return ids, spans
 
     def _encode_text(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and offsets of ordinary text (no special tokens)."""
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         normalized, origin = self.normalizer.normalize(text)
-        pattern = _WORDS if self.handle_chinese_chars else _WORDS_NO_CJK
-        for match in pattern.finditer(normalized):
+        for match in _CHUNKS.finditer(normalized):
+            chunk_ids, spans = self._chunk_pieces(match.group())
             base = match.start()
-            for token_id, start, end in self._word_pieces(match.group()):
-                ids.append(token_id)
-                if origin is None:
-                    offsets.append((base + start, base + end))
-                else:
-                    offsets.append((origin[base + start], origin[base + end - 1] + 1))
+            ids += chunk_ids
+            if origin is None:
+                offsets += [(base + start, base + end) for start, end in spans]
+            else:
+                offsets += [(origin[base + start], origin[base + end - 1] + 1) for start, end in spans]
         return ids, offsets
 
     def _encode_segment(
@@ -344,14 +363,18 @@ class WordPieceTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The pieces of `text`, e.g. ["hu", "##gging"]; no [CLS]/[SEP]."""
-        return [self.vocab[i] for i in self._encode_text(text)[0]]
+        return [self.vocab[i] for i in self.encode_ordinary(text)]
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """The ids of `text`, without [CLS]/[SEP]; special-token text is encoded as plain text."""
-        return self._encode_text(text)[0]
+        """The ids of `text`, without [CLS]/[SEP]; special-token text is encoded as plain text. No
+        offsets, so the chunks come from `str.split` (faster than the regex that gives positions)."""
+        ids: list[int] = []
+        for chunk in self.normalizer.normalize(text)[0].split():
+            ids += self._chunk_pieces(chunk)[0]
+        return ids
 
     def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
-        return [self._encode_text(t)[0] for t in texts]
+        return [self.encode_ordinary(t) for t in texts]
 
     # --- model inputs ------------------------------------------------------------------------------
 
@@ -463,7 +486,8 @@ class WordPieceTokenizer:
 
     @property
     def eot_id(self) -> int | None:
-        return None
+        """[SEP], which ends every BERT segment: the separator between documents in prepared shards."""
+        return self.special_tokens.get(SEP)
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Pieces joined by spaces, `##` continuations glued to the piece before, and no space before
@@ -685,9 +709,16 @@ def count_words(texts: Iterable[str | Path], normalizer: BertNormalizer) -> dict
 
     Example (lowercase): ["Hug, hug"] -> {"hug": 2, ",": 1}.
     """
-    counts: Counter[str] = Counter()
+    # Whitespace-separated chunks are counted first (at C speed), then each distinct chunk is split
+    # into words once. Words keep their order of first appearance: the first chunk holding a word is the
+    # first distinct chunk holding it.
+    chunks: Counter[str] = Counter()
     for item in texts:
-        counts.update(normalizer.word_list(read_training_text(item)))
+        chunks.update(normalizer.normalize(read_training_text(item))[0].split())
+    counts: Counter[str] = Counter()
+    for chunk, n in chunks.items():
+        for word in normalizer.chunk_words(chunk):
+            counts[word] += n
     if not counts:
         raise DataError("the training corpus is empty (no words to build a vocabulary from)")
     return counts
@@ -791,8 +822,8 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
     def length(token: int) -> int:
         return len(strings[token].removeprefix(PREFIX))
 
-    def first_place(pair: tuple[int, int]) -> tuple[int, int]:
-        w = min(pair_words[pair])
+    def first_place(pair: tuple[int, int], w: int) -> tuple[int, int]:
+        """(w, character position of the pair's first occurrence in word w)."""
         split, position = words[w], 0
         for i in range(len(split) - 1):
             if (split[i], split[i + 1]) == pair:
@@ -800,7 +831,7 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
             position += length(split[i])
         raise AssertionError("pair index out of date")
 
-    places = {pair: first_place(pair) for pair in pair_freq}
+    places = {pair: first_place(pair, min(ws)) for pair, ws in pair_words.items()}
 
     def entry(pair: tuple[int, int]) -> tuple[float, int, int, int, int]:
         score = pair_freq[pair] / (token_freq[pair[0]] * token_freq[pair[1]])
@@ -819,8 +850,7 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
             new = ids[new_string] = len(strings)
             strings.append(new_string)
             vocab.append(new_string)
-        changed_pairs: set[tuple[int, int]] = set()
-        changed_tokens = {pair[0], pair[1], new}
+        first_affected: dict[tuple[int, int], int] = {}  # pair -> first word rewritten that holds it
         for w in sorted(pair_words[pair]):
             split, freq = words[w], freqs[w]
             merged: list[int] = []
@@ -847,16 +877,19 @@ def train_vocab_fast(word_freqs: dict[str, int], vocab_size: int, special_tokens
                     pair_words[p].discard(w)
                 else:
                     pair_words[p].add(w)
-                changed_pairs.add(p)
-        for p in changed_pairs:
+                first_affected.setdefault(p, w)
+        for p, w in first_affected.items():
             if pair_freq[p] == 0:
                 del pair_freq[p], pair_words[p], places[p]
                 partners[p[0]].discard(p)
                 partners[p[1]].discard(p)
-            else:
-                places[p] = first_place(p)
-                partners[p[0]].add(p)
-                partners[p[1]].add(p)
+                continue
+            partners[p[0]].add(p)
+            partners[p[1]].add(p)
+            if p not in places or w <= places[p][0]:  # its first place may have moved
+                places[p] = first_place(p, w if w in pair_words[p] else min(pair_words[p]))
+        changed_pairs = set(first_affected)
+        changed_tokens = {pair[0], pair[1], new}
         for token in changed_tokens:
             changed_pairs |= partners[token]
         for p in changed_pairs:
