@@ -13,6 +13,7 @@ built from source: about 11 minutes here): on the same file with its own quantiz
 dequantized there), the same prompt ids and greedy decoding, with as many threads as torch uses.
 
 Run: .venv/bin/python bench/gguf_bench.py [--new-tokens 128 --repeats 2 --dtypes bf16,fp32]
+     [--threads 1] [--compile]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated: bf16, fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="lmforge's decode step under torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,14 +123,14 @@ def main() -> None:
     runners = {}  # (peer, dtype name) -> (run, loaded model or engine)
     for name in args.dtypes.split(","):
         runners["transformers", name] = (run_theirs, load_theirs(dtypes[name]))
-        runners["lmforge", name] = (run_ours, Engine(load_ours(dtypes[name])[0]))
+        runners["lmforge", name] = (run_ours, Engine(load_ours(dtypes[name])[0], compile=args.compile))
     llama = load_llama(path, torch.get_num_threads())
     if llama is not None:
         runners["llama.cpp", "q4_1"] = (run_llama, llama)
     best = {key: [1e9, 0.0] for key in runners}  # TTFT s, decode tok/s
     outputs = {}
     for run, model in runners.values():
-        run(model, 2)  # warm-up
+        run(model, 8)  # warm-up (and, with --compile, compilation: a few minutes)
     for _ in range(args.repeats):  # alternating, so that load from other processes hits all alike
         for key, (run, model) in runners.items():
             first, rate, outputs[key] = run(model, n)

@@ -1,15 +1,18 @@
 """`lmforge embed ...` and `lmforge fill-mask`: what a BERT does with text, from the terminal.
 
 `embed` is a command group: each kind of embedding is a subcommand registered in `EMBED_SUBCOMMANDS`
-below (today `embed text`, sentence vectors from a BERT). A new kind (e.g. `embed train-words`, static
-word vectors) adds its own `register_*(commands)` function, in this module or its own, and one entry to
-that tuple; nothing else changes. Parsing and printing only: the work is in `lmforge.inference.encoder`.
+below (`embed text`, sentence vectors from a BERT; `embed train-words | neighbors | analogy`, static word
+vectors, from `cli/words.py`). A new kind adds its own `register_*(commands)` function, in this module or
+its own, and one entry to that tuple; nothing else changes. Parsing and printing only: the work is in
+`lmforge.inference.encoder`.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
+from lmforge.cli.words import add_word_commands
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -59,7 +62,10 @@ def register_text(commands: argparse._SubParsersAction) -> None:
 
 
 # Every `lmforge embed SUBCOMMAND`: (register function) in the order `lmforge embed --help` lists them.
-EMBED_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (register_text,)
+EMBED_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    register_text,
+    add_word_commands,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""`lmforge finetune classify|sft|dpo|distill` and `lmforge classify`: post-training a checkpoint.
+"""`lmforge finetune classify|sft|dpo|distill|rerank` and `lmforge classify`: post-training a checkpoint.
 
 Parsing and printing only; the runs live in `lmforge.training.finetune`.
 """
@@ -68,6 +68,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--overwrite", action="store_true", help="the run directory holds a run: replace it")
         t.set_defaults(func=run_finetune)
 
+    r = tasks.add_parser(
+        "rerank",
+        help="train a cross-encoder re-ranker (BERT, 1-logit head) on Wikipedia-lead query/passage pairs",
+        description="Train a cross-encoder on [CLS] query [SEP] passage [SEP] pairs from the Wikipedia leads "
+        "(binary cross-entropy; BM25 and random negatives), starting from a BERT's weights. model/ is what "
+        "'lmforge search --rerank' reads.",
+        epilog="example:\n  lmforge finetune rerank --model all-minilm-l6-v2 --config "
+        "configs/rerank-wiki.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--ckpt", metavar="DIR", help="BERT checkpoint to start from")
+    which.add_argument("--model", metavar="NAME", help="built-in BERT (default all-minilm-l6-v2)")
+    r.add_argument(
+        "--config",
+        default="configs/rerank-wiki.toml",
+        metavar="FILE",
+        help="config (default: configs/rerank-wiki.toml)",
+    )
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, parsed as TOML (repeatable): --set train.max_iters=50",
+    )
+    r.add_argument("--out", default=None, metavar="DIR", help="run directory (default: train.out_dir)")
+    r.add_argument("--overwrite", action="store_true", help="the run directory holds a run: replace it")
+    r.set_defaults(func=run_rerank)
+
     c = subparsers.add_parser(
         "classify",
         help="print the label and class probabilities of a text with a fine-tuned classifier",
@@ -109,6 +140,24 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune.run_dpo(config, model, tokenizer, meta, **common)
     else:
         finetune.run_distill(config, model, tokenizer, meta, **common)
+    return 0
+
+
+def run_rerank(args: argparse.Namespace) -> int:
+    from lmforge.cli.configs import shipped_config
+    from lmforge.inference.encoder import load_encoder
+    from lmforge.training.config import load_config
+    from lmforge.training.rerank import RerankConfig, run_rerank
+    from lmforge.training.rng import seed_everything
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"train.out_dir={json.dumps(args.out)}")
+    config = load_config(shipped_config(args.config), overrides=overrides, sections=RerankConfig)
+    seed_everything(config.train.seed)
+    encoder, tokenizer, meta = load_encoder(args.ckpt or args.model or "all-minilm-l6-v2")
+    encoder.train()
+    run_rerank(config, encoder, tokenizer, meta, overwrite=args.overwrite)
     return 0
 
 
