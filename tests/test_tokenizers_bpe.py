@@ -14,6 +14,7 @@ from lmforge.errors import ConfigError, DataError, TokenizerError
 from lmforge.tokenizers import BPETokenizer, load_gpt2
 from lmforge.tokenizers.bpe import count_chunks, train_merges
 from lmforge.tokenizers.pretokenize import PATTERNS, split_text
+from lmforge.tokenizers.special import split_on_special
 
 
 @functools.cache
@@ -146,6 +147,24 @@ def test_special_token_semantics(trained):
     assert eot not in ordinary and trained.decode(ordinary) == text
     with pytest.raises(TokenizerError, match="not a special token"):
         trained.encode(text, allowed_special={"<|nope|>"})
+
+
+def test_special_token_that_is_a_prefix_of_another_loses_to_the_longer_one():
+    """With `<|a|>` and `<|a|>b` both allowed, "x<|a|>by" holds `<|a|>b` (the longest match, as tiktoken
+    matches), not `<|a|>` followed by the byte "b". Bytes only (no merges), so every other id is a byte."""
+    tok = BPETokenizer.train(["xy"], vocab_size=258, special_tokens=("<|a|>", "<|a|>b"), progress=False)
+    a, ab = tok.special_tokens["<|a|>"], tok.special_tokens["<|a|>b"]
+    expected = [ord("x"), ab, ord("y")]
+    assert list(split_on_special("x<|a|>by", frozenset({"<|a|>", "<|a|>b"}))) == [
+        ("x", False),
+        ("<|a|>b", True),
+        ("y", False),
+    ]
+    # the fast path: tiktoken alone would pick between the two in its hash-map order
+    assert tok.encode("x<|a|>by", allowed_special="all") == expected
+    assert tok.encode_batch(["x<|a|>by", "<|a|>"], allowed_special="all") == [expected, [a]]
+    assert tok.encode_reference("x<|a|>by", allowed_special="all") == expected
+    assert tok.encode_reference("x<|a|>y", allowed_special="all") == [ord("x"), a, ord("y")]
 
 
 def test_encode_batch_matches_encode(trained, shakespeare_sample):

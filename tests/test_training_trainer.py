@@ -321,3 +321,63 @@ def test_cli_train_eval_sample(dataset_dir: Path, tmp_path: Path, capsys) -> Non
     assert capsys.readouterr().out.startswith("ROMEO:")
     assert main(["train", "--set", "optim.lr=-1", "--set", "data.dir=x"]) == 2
     assert "optim.lr=-1.0 is invalid" in capsys.readouterr().err
+
+
+def _norm_at_each_update(trainer: Trainer) -> list[float]:
+    """Wraps the optimizer's step: the global norm of the gradients it is handed, per update."""
+    norms: list[float] = []
+    original_step = trainer.optimizer.step
+
+    def record_step(*args, **kwargs):
+        grads = [p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(float(torch.cat(grads).norm()))
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = record_step
+    return norms
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.0])
+def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(
+    dataset_dir: Path, tmp_path: Path, clip
+) -> None:
+    """grad_clip=0.05 (far below a fresh model's gradient norm): the optimizer steps with gradients of
+    norm exactly 0.05, while the logged grad_norm is the norm before clipping. grad_clip=0: untouched.
+    SGD without momentum or decay, so the update itself is -lr x the gradient handed over."""
+    model = _gpt(dataset_dir)
+    trainer = _trainer(
+        dataset_dir,
+        tmp_path,
+        model,
+        "train.max_iters=2",
+        "train.eval_interval=0",
+        "optim.name=sgd",
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+        f"optim.grad_clip={clip}",
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    norms = _norm_at_each_update(trainer)
+    trainer.fit()
+    logged = [r for r in trainer.history if r["split"] == "train"]
+    assert len(norms) == 2 and all(r["grad_norm"] > 0.5 for r in logged)
+    expected = [clip] * 2 if clip else [r["grad_norm"] for r in logged]
+    assert norms == pytest.approx(expected, rel=1e-3)
+    if clip:  # two SGD steps of norm lr_i * 0.05 each: the total update is at most their sum
+        moved = torch.cat(
+            [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+        )
+        assert float(moved.norm()) <= sum(r["lr"] for r in logged) * clip * (1 + 1e-4)
+
+
+def test_pruning_keeps_the_newest_keep_last_steps_and_best(tmp_path: Path) -> None:
+    """Five saves with keep_last=2, the best at step 3: step_4, step_5 and best/ (holding step 3) remain."""
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in range(1, 6):
+        state = {"step": step, "rng": {}, "batches": {}}
+        manager.save(step, is_best=step in (1, 3), model=model, optimizer=None, trainer_state=state)
+    assert [p.name for p in manager.step_dirs()] == ["step_00000004", "step_00000005"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step_00000004", "step_00000005"]
+    assert json.loads((tmp_path / "best" / "trainer_state.json").read_text())["step"] == 3
+    assert manager.latest() == tmp_path / "step_00000005"
