@@ -103,6 +103,24 @@ def test_penalties_over_prompt_and_generated_tokens_equal_a_reference_loop():
     ]
 
 
+def test_compiled_decode_step_gives_the_same_tokens(monkeypatch):
+    """Engine(compile=True) decodes through torch.compile's graph of the one-token step (TorchDynamo with
+    the "eager" backend, so no C++ kernels are generated in the test): the same greedy tokens."""
+    compiled = []
+
+    def compile_eagerly(fn, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, backend="eager", **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    model = tiny_gpt(2)
+    prompt = [3, 14, 15, 9]
+    engine = Engine(model, compile=True)
+    assert len(compiled) == 1
+    assert engine.generate([prompt], GREEDY, max_new_tokens=6) == [recompute_greedy(model, prompt, 6)[0]]
+
+
 def test_stop_ids_end_each_row_independently():
     model = tiny_gpt(seed=2)
     prompts = [[1, 2, 3], [4, 5]]

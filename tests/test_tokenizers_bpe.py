@@ -92,10 +92,6 @@ def test_training_reads_files(tmp_path):
     assert tok.decode(tok.encode("lowest")) == "lowest" and len(tok.encode(" lowest")) < 7
 
 
-def test_trained_tokens_have_distinct_bytes(trained):
-    assert len(set(trained.token_bytes)) == len(trained.token_bytes)
-
-
 def test_vocabulary_with_duplicate_bytes_is_refused():
     # (97,98)->256 "ab", (256,99)->257 "abc", (98,99)->258 "bc", (97,258)->259 "abc" again.
     with pytest.raises(TokenizerError, match="same bytes"):

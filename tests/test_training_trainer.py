@@ -9,6 +9,7 @@ import copy
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from lmforge.models import GPT, GPTConfig
 from lmforge.training.checkpoint import (
     CheckpointManager,
     NonFiniteError,
+    load_trainer_state,
     restore_training_state,
     save_checkpoint,
 )
@@ -381,3 +383,141 @@ def test_pruning_keeps_the_newest_keep_last_steps_and_best(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step_00000004", "step_00000005"]
     assert json.loads((tmp_path / "best" / "trainer_state.json").read_text())["step"] == 3
     assert manager.latest() == tmp_path / "step_00000005"
+
+
+@pytest.mark.parametrize("key", ["step", "rng", "batches"])
+def test_trainer_state_without_a_required_key_names_the_file_and_the_key(tiny_run, tmp_path, key) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run / "checkpoints" / "best", ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    del state[key]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(FormatError) as error:
+        load_trainer_state(ckpt)
+    assert error.value.path == ckpt / "trainer_state.json" and f"missing '{key}'" in str(error.value)
+
+
+def test_resume_without_the_optional_counters_starts_them_afresh(dataset_dir: Path, tmp_path: Path) -> None:
+    """A trainer_state.json with only step, rng, batches and the optimizer layout resumes: the
+    counters it lacks start at 0, the history empty, no best step; the step and weights are restored."""
+    model = _gpt(dataset_dir)
+    first = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=2", "train.eval_interval=0")
+    first.fit()
+    state = first.state_dict()
+    assert state["tokens_seen"] > 0 and state["history"]
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=first.optimizer, trainer_state=state)
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    kept = {k: saved[k] for k in ("format_version", "step", "rng", "batches", "optimizer")}
+    (ckpt / "trainer_state.json").write_text(json.dumps(kept))
+
+    second = _trainer(dataset_dir, tmp_path / "b", _gpt(dataset_dir), "train.max_iters=3")
+    second.resume(ckpt)
+    assert second.step == 2 and second.tokens_seen == 0 and second.skipped_steps == 0
+    assert second.history == [] and second.best_step is None and second.evals_without_improvement == 0
+    for p, q in zip(second.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_mfu_is_throughput_times_flops_per_token_over_the_measured_peak(
+    dataset_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """train.peak_tflops=0 measures the matmul peak at start (stubbed here to 2 TFLOP/s, and it must not
+    move the RNG a resumed run restores); each train row's mfu = tokens_per_s x flops_per_token / peak."""
+
+    def fake_peak(*, dtype, device):
+        torch.rand(3)  # a measurement draws random matrices: the trainer must shield its RNG from it
+        return 2e12
+
+    monkeypatch.setattr("lmforge.training.trainer.measure_matmul_peak", fake_peak)
+    model = _gpt(dataset_dir)
+    trainer = _trainer(
+        dataset_dir, tmp_path, model, "train.max_iters=2", "train.eval_interval=0", "train.peak_tflops=0"
+    )
+    torch.manual_seed(5)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(5)
+    trainer._peak_flops()
+    assert torch.rand(1) == expected_draw
+    trainer.fit()
+    rows = [r for r in trainer.history if r["split"] == "train"]
+    assert len(rows) == 2
+    for row in rows:
+        expected = row["tokens_per_s"] * model.flops_per_token() / 2e12
+        assert row["mfu"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_measured_matmul_peak_is_a_plausible_flop_rate() -> None:
+    """2 n^3 FLOPs per (n x n) @ (n x n) product: any CPU does a 64 x 64 product between 10 MFLOP/s and
+    100 TFLOP/s."""
+    from lmforge.training.logging import measure_matmul_peak
+
+    assert 1e7 < measure_matmul_peak(size=64, seconds=0.01) < 1e14
+
+
+def test_precision_resolution_and_bf16_autocast(monkeypatch) -> None:
+    """ "auto" on a CPU is bf16 only with AVX-512-BF16 or AMX; bf16 autocast runs matmuls in bf16 while
+    the weights stay fp32; fp32 is a no-op context."""
+    from lmforge.training.trainer import autocast_for, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    for avx512_bf16, amx, expected in [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto", cpu) == expected
+    linear = torch.nn.Linear(4, 3)
+    with autocast_for(cpu, "bf16")():
+        assert linear(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast_for(cpu, "fp32")():
+        assert linear(torch.randn(2, 4)).dtype == torch.float32
+    assert linear.weight.dtype == torch.float32
+
+
+def test_bf16_training_steps_run_in_bf16_with_fp32_weights(dataset_dir: Path, tmp_path: Path) -> None:
+    """The same 2 steps in bf16 and fp32 from the same weights and batches: finite, fp32 parameters, and
+    losses that differ by bf16 rounding only (|diff| < 0.05 nats but not 0, so autocast really ran)."""
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        model = _gpt(dataset_dir)
+        trainer = _trainer(
+            dataset_dir,
+            tmp_path / precision,
+            model,
+            "train.max_iters=2",
+            "train.eval_interval=0",
+            f"train.precision={precision}",
+        )
+        assert trainer.precision == precision
+        trainer.fit()
+        losses[precision] = [r["loss"] for r in trainer.history if r["split"] == "train"]
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)
+
+
+def test_compiled_training_matches_eager(dataset_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """train.compile=true trains through torch.compile's graph (TorchDynamo; the "eager" backend here,
+    so the test does not spend a minute generating C++ kernels): 2 steps give the eager losses."""
+    compiled_models = []
+
+    def compile_eagerly(model, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    losses = {}
+    for compiled in (True, False):
+        trainer = _trainer(
+            dataset_dir,
+            tmp_path / str(compiled),
+            _gpt(dataset_dir),
+            "train.max_iters=2",
+            "train.eval_interval=0",
+            f"train.compile={str(compiled).lower()}",
+        )
+        assert (trainer.forward_model is not trainer.model) == compiled
+        trainer.fit()
+        losses[compiled] = [r["loss"] for r in trainer.history if r["split"] == "train"]
+    assert len(compiled_models) == 1
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
