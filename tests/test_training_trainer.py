@@ -521,3 +521,25 @@ def test_compiled_training_matches_eager(dataset_dir: Path, tmp_path: Path, monk
         losses[compiled] = [r["loss"] for r in trainer.history if r["split"] == "train"]
     assert len(compiled_models) == 1
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_reconcile_best_refreshes_best_from_the_step_the_state_names(tmp_path: Path) -> None:
+    """A crash after saving step 2 (the new best) but before copying it to best/ leaves best/ at step 1:
+    resuming copies step 2 to best/ and says so. When best/ already holds the named step nothing
+    changes; when no copy of it is left anywhere, the best loss is forgotten."""
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    for step in (1, 2):
+        state = {"step": step, "rng": {}, "batches": {}}
+        manager.save(step, is_best=step == 1, model=model, optimizer=None, trainer_state=state)
+    claimed = {"best_eval_loss": 1.5, "best_step": 2}
+
+    loss, note = manager.reconcile_best(tmp_path / "step_00000002", claimed)
+    assert loss == 1.5 and note == f"best/ refreshed from {tmp_path / 'step_00000002'} (step 2)"
+    assert load_trainer_state(manager.best)["step"] == 2
+    assert manager.reconcile_best(tmp_path / "step_00000002", claimed) == (1.5, None)
+    gone = {"best_eval_loss": 1.5, "best_step": 7}
+    assert manager.reconcile_best(tmp_path / "step_00000002", gone) == (
+        None,
+        "the best model (step 7) is gone; the best loss starts afresh",
+    )
