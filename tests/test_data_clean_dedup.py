@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from array import array
 
+import numpy as np
 import pytest
 
 from lmforge.data.clean import CleanConfig, alpha_fraction, dup_line_fraction, failed_filter, normalize_text
@@ -162,5 +163,7 @@ def test_split_rounds_half_up():
     """10 documents, val=0.25: 10 * 0.25 = 2.5 rounds half up to 3 (Python's round() would give 2);
     test=0.05: 0.5 -> 1; 6 left for train."""
     keys = array("Q", [split_key(bytes([i]) * 16, seed=0) for i in range(10)])
-    assert sorted(assign_splits(keys, val=0.25, test=0.05).tolist()) == [0] * 6 + [1] * 3 + [2]
+    codes = assign_splits(keys, val=0.25, test=0.05)
+    assert sorted(codes.tolist()) == [0] * 6 + [1] * 3 + [2]
+    assert codes.dtype == np.uint8  # one byte per document, whatever the corpus size
     assert sorted(assign_splits(keys, val=0.25, test=0.0).tolist()) == [0] * 7 + [1] * 3
