@@ -543,3 +543,28 @@ def test_reconcile_best_refreshes_best_from_the_step_the_state_names(tmp_path: P
         None,
         "the best model (step 7) is gone; the best loss starts afresh",
     )
+
+
+def test_resuming_into_a_different_model_or_with_a_broken_rng_names_the_file(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint of a 16-wide model does not resume a 24-wide one: meta.json is named with the field
+    that differs (before any weight is touched). A trainer_state.json whose 'rng' is not one lmforge
+    saved is named as well."""
+    model = _gpt(dataset_dir)
+    trainer = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=1", "train.eval_interval=0")
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", model=model, optimizer=trainer.optimizer, trainer_state=trainer.state_dict()
+    )
+    wider = GPT(GPTConfig(vocab_size=model.config.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=24))
+    with pytest.raises(FormatError) as error:
+        restore_training_state(ckpt, model=wider)
+    assert error.value.path == ckpt / "meta.json" and "n_embd 16 -> 24" in str(error.value)
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps(state | {"rng": {"torch": "not base64"}}))
+    fresh = _trainer(dataset_dir, tmp_path / "b", _gpt(dataset_dir), "train.max_iters=2")
+    with pytest.raises(FormatError) as error:
+        fresh.resume(ckpt)
+    assert error.value.path == ckpt / "trainer_state.json"
+    assert "'rng' is not an RNG state saved by lmforge" in str(error.value)
