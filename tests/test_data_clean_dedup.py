@@ -157,6 +157,9 @@ def test_threshold_one_removes_only_identical_shingle_sets():
     same_words = docs[5].upper().replace(" ", ", ")
     assert [dedup.check(t)[0] for t in (docs[5], same_words, near[0])] == [None, "near", None]
     assert Deduplicator(DedupConfig(mode="near", threshold=0.99, num_perm=32)).check("a b c")[0] is None
+    for bad in (0.0, 1.01):  # 0 would make every pair of documents duplicates
+        with pytest.raises(ConfigError, match="threshold must be in"):
+            DedupConfig(threshold=bad)
 
 
 def test_split_rounds_half_up():

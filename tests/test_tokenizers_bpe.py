@@ -143,6 +143,8 @@ def test_special_token_semantics(trained):
     assert eot not in ordinary and trained.decode(ordinary) == text
     with pytest.raises(TokenizerError, match="not a special token"):
         trained.encode(text, allowed_special={"<|nope|>"})
+    with pytest.raises(TokenizerError, match="must be 'none_raise', 'all' or a set"):
+        trained.encode(text, allowed_special=["<|endoftext|>"])  # a list is not a set
 
 
 def test_special_token_that_is_a_prefix_of_another_loses_to_the_longer_one():

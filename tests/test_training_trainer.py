@@ -403,9 +403,14 @@ def test_resume_without_the_optional_counters_starts_them_afresh(dataset_dir: Pa
     model = _gpt(dataset_dir)
     first = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=2", "train.eval_interval=0")
     first.fit()
+    first.skipped_steps, first.evals_without_improvement = 3, 1  # as if some steps had been skipped
     state = first.state_dict()
     assert state["tokens_seen"] > 0 and state["history"]
     ckpt = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=first.optimizer, trainer_state=state)
+    whole = _trainer(dataset_dir, tmp_path / "w", _gpt(dataset_dir), "train.max_iters=3")
+    whole.resume(ckpt)  # the full state first: every counter comes back
+    assert (whole.step, whole.tokens_seen, whole.skipped_steps) == (2, first.tokens_seen, 3)
+    assert whole.evals_without_improvement == 1 and whole.history == first.history
     saved = json.loads((ckpt / "trainer_state.json").read_text())
     kept = {k: saved[k] for k in ("format_version", "step", "rng", "batches", "optimizer")}
     (ckpt / "trainer_state.json").write_text(json.dumps(kept))
