@@ -159,6 +159,7 @@ def test_special_token_that_is_a_prefix_of_another_loses_to_the_longer_one():
         ("y", False),
     ]
     # the fast path: tiktoken alone would pick between the two in its hash-map order
+    assert list(split_on_special("x<|a|>", frozenset({"<|a|>"}))) == [("x", False), ("<|a|>", True)]  # no ""
     assert tok.encode("x<|a|>by", allowed_special="all") == expected
     assert tok.encode_batch(["x<|a|>by", "<|a|>"], allowed_special="all") == [expected, [a]]
     assert tok.encode_reference("x<|a|>by", allowed_special="all") == expected
