@@ -92,6 +92,12 @@ def test_training_reads_files(tmp_path):
     assert tok.decode(tok.encode("lowest")) == "lowest" and len(tok.encode(" lowest")) < 7
 
 
+def test_more_merges_than_ids_is_refused_before_any_work():
+    """Ids are packed in 21 bits: 256 bytes + 2**21 - 255 merges is one id too many."""
+    with pytest.raises(TokenizerError, match=r"too many merges \(2096897\); at most 2096896"):
+        BPETokenizer(merges=[(97, 98)] * (2**21 - 255))
+
+
 def test_vocabulary_with_duplicate_bytes_is_refused():
     # (97,98)->256 "ab", (256,99)->257 "abc", (98,99)->258 "bc", (97,258)->259 "abc" again.
     with pytest.raises(TokenizerError, match="same bytes"):
