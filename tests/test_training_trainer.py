@@ -405,7 +405,7 @@ def test_resume_without_the_optional_counters_starts_them_afresh(dataset_dir: Pa
     first.fit()
     first.skipped_steps, first.evals_without_improvement = 3, 1  # as if some steps had been skipped
     state = first.state_dict()
-    assert state["tokens_seen"] > 0 and state["history"]
+    assert state["tokens_seen"] == 2 * 4 * 16 and state["history"]  # 2 steps of 4 windows of 16 tokens
     ckpt = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=first.optimizer, trainer_state=state)
     whole = _trainer(dataset_dir, tmp_path / "w", _gpt(dataset_dir), "train.max_iters=3")
     whole.resume(ckpt)  # the full state first: every counter comes back
