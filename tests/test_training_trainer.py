@@ -9,6 +9,7 @@ import copy
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -302,7 +303,10 @@ def test_cli_train_eval_sample(dataset_dir: Path, tmp_path: Path, capsys) -> Non
         "train.eval_batches=1",
     ]
     assert main(args) == 0
-    assert "done: 2 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "done: 2 steps" in out
+    # the evaluation after the last step, one "name value" pair per metric
+    assert re.search(r"^step 2: loss [\d.]+, ppl [\d.]+, accuracy [\d.]+", out, re.MULTILINE), out
     assert main(["eval", "--ckpt", str(run / "checkpoints/best"), "--max-batches", "2"]) == 0
     out = capsys.readouterr().out
     assert "val: loss" in out and "bits/byte" in out
