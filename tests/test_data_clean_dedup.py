@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from array import array
 
+import numpy as np
 import pytest
 
 from lmforge.data.clean import CleanConfig, alpha_fraction, dup_line_fraction, failed_filter, normalize_text
@@ -119,3 +120,53 @@ def test_split_needs_enough_documents():
         assign_splits(array("Q", [1]), val=0.05, test=0.0)  # a non-zero val always gets a document
     with pytest.raises(ConfigError):
         assign_splits(array("Q", [1, 2, 3]), val=0.6, test=0.5)
+
+
+def _estimated_jaccard(a: str, b: str, num_perm: int) -> float:
+    """Fraction of MinHash minima two texts share, from datasketch's own MinHash on the same shingles
+    and the same seed-1 permutations the deduplicator draws."""
+    from datasketch import MinHash
+
+    template = MinHash(num_perm=num_perm, seed=1, scheme="affine32")
+    signatures = []
+    for text in (a, b):
+        m = MinHash(num_perm=num_perm, permutations=template.permutations, scheme="affine32", hashfunc=int)
+        m.update_batch(shingle_hashes(text, shingle_size=3).tolist())
+        signatures.append(m)
+    return float(signatures[0].jaccard(signatures[1]))
+
+
+def test_near_duplicate_at_exactly_the_threshold_counts():
+    """A pair whose estimated Jaccard equals the threshold is a duplicate ("similarity >= threshold");
+    one permutation's worth (1/num_perm) above it, the same pair is kept."""
+    docs, _, near, _ = planted_corpus()
+    original, copy = docs[5], near[0]  # 3 of ~200 words changed
+    estimate = _estimated_jaccard(original, copy, num_perm=128)
+    assert 0.8 < estimate < 1.0
+    at = Deduplicator(DedupConfig(mode="near", threshold=estimate))
+    assert [at.check(original)[0], at.check(copy)[0]] == [None, "near"]
+    above = Deduplicator(DedupConfig(mode="near", threshold=estimate + 1 / 128))
+    assert [above.check(original)[0], above.check(copy)[0]] == [None, None]
+
+
+def test_threshold_one_removes_only_identical_shingle_sets():
+    """threshold=1.0 is valid (datasketch has no band layout for it: the deduplicator picks 2 bands):
+    the same words up to case and punctuation are a near duplicate, one changed word is not."""
+    docs, _, near, _ = planted_corpus()
+    dedup = Deduplicator(DedupConfig(mode="near", threshold=1.0))
+    same_words = docs[5].upper().replace(" ", ", ")
+    assert [dedup.check(t)[0] for t in (docs[5], same_words, near[0])] == [None, "near", None]
+    assert Deduplicator(DedupConfig(mode="near", threshold=0.99, num_perm=32)).check("a b c")[0] is None
+    for bad in (0.0, 1.01):  # 0 would make every pair of documents duplicates
+        with pytest.raises(ConfigError, match="threshold must be in"):
+            DedupConfig(threshold=bad)
+
+
+def test_split_rounds_half_up():
+    """10 documents, val=0.25: 10 * 0.25 = 2.5 rounds half up to 3 (Python's round() would give 2);
+    test=0.05: 0.5 -> 1; 6 left for train."""
+    keys = array("Q", [split_key(bytes([i]) * 16, seed=0) for i in range(10)])
+    codes = assign_splits(keys, val=0.25, test=0.05)
+    assert sorted(codes.tolist()) == [0] * 6 + [1] * 3 + [2]
+    assert codes.dtype == np.uint8  # one byte per document, whatever the corpus size
+    assert sorted(assign_splits(keys, val=0.25, test=0.0).tolist()) == [0] * 7 + [1] * 3

@@ -312,3 +312,15 @@ def test_open_split_checks_the_files(tmp_path, char_tokenizer):
 
 def test_exact_digest_ignores_whitespace_only():
     assert exact_digest("a  b\n") == exact_digest("a b") != exact_digest("a b c")
+
+
+def test_cli_near_threshold_one_removes_a_copy_that_differs_only_in_case(tmp_path, char_tokenizer, capsys):
+    """`--near-threshold 1.0` is accepted and works (datasketch alone refuses to build its index)."""
+    char_tokenizer.save(tmp_path / "tok.json")
+    docs = make_documents(10)
+    source = write_jsonl(tmp_path / "d.jsonl", [*docs, docs[3].replace("Doc", "doc")])
+    args = ["data", "prepare", "--source", str(source), "--tokenizer", str(tmp_path / "tok.json")]
+    code = main([*args, "--out", str(tmp_path / "ds"), "--near-threshold", "1.0", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    meta = load_meta(tmp_path / "ds")
+    assert (meta["dedup"]["exact_removed"], meta["dedup"]["near_removed"]) == (0, 1)

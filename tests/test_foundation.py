@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 import pytest
@@ -118,6 +119,11 @@ def test_demo_runs_the_whole_path_at_a_tiny_size(tmp_path, capsys, monkeypatch):
         assert stage in out
     assert (tmp_path / "train" / "checkpoints" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "train" / "plots" / "loss.png").is_file()
+    # it learned: evaluated after every one of the 4 steps (on the same windows), the val loss went down
+    with open(tmp_path / "train" / "metrics.csv", newline="") as f:
+        val = [float(r["loss"]) for r in csv.DictReader(f) if r["split"] == "val"]
+    assert len(val) == 4 and val[-1] < val[0]
+    assert f"val loss {val[-1]:.3f}" in summary
 
 
 def test_wiki_leads_are_titled_articles_with_eleven_topics():

@@ -237,3 +237,50 @@ def test_model_info_cli(capsys):
     out = capsys.readouterr().out
     assert "120,576" in out and "0.8 M" in out
     assert main(["model", "info", "tiny", "--set", "n_kv_head=3"]) == 2  # invalid: clean error, exit 2
+
+
+def test_rope_rotates_by_position_times_frequency_counterclockwise():
+    """head_dim 4, theta 100: channel pairs (0, 2) and (1, 3) turn at 1 and 100^(-2/4) = 0.1 rad per
+    position. [1, 0] in pair (0, 2) at position 1 becomes [cos 1, sin 1]; at position 0 it is unchanged;
+    [1, 0] in pair (1, 3) at position 2 becomes [cos 0.2, sin 0.2]."""
+    from lmforge.models.layers import apply_rope, rope_tables
+
+    cos, sin = rope_tables(3, 4, theta=100.0)  # (3, 2) each
+    x = torch.zeros(1, 1, 3, 4)  # (B, nh, T, hd)
+    x[0, 0, 0, 0] = x[0, 0, 1, 0] = x[0, 0, 2, 1] = 1.0
+    y = apply_rope(x, cos, sin)[0, 0]
+    expected = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0],
+            [math.cos(1.0), 0.0, math.sin(1.0), 0.0],
+            [0.0, math.cos(0.2), 0.0, math.sin(0.2)],
+        ]
+    )
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["sdpa", "explicit"])
+def test_grouped_query_head_h_reads_key_value_head_h_over_group(explicit):
+    """4 query heads, 2 key/value heads (group 2): query head h attends with key/value head h // 2, as
+    in Llama. Reference: each head's causal softmax attention written out from the fused projection."""
+    from lmforge.models.layers import CausalSelfAttention
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(n_embd=16, n_head=4, n_kv_head=2, bias=False, dropout=0.0, layer=0)
+    attn.explicit_pattern = explicit
+    x = torch.randn(1, 5, 16)
+
+    def reference(kv_head_of) -> torch.Tensor:
+        q, k, v = attn.c_attn(x)[0].split([16, 8, 8], dim=-1)  # (T, 16), (T, 8), (T, 8); head_dim 4
+        heads = []
+        for h in range(4):
+            g = kv_head_of(h)
+            qh, kh, vh = q[:, 4 * h : 4 * h + 4], k[:, 4 * g : 4 * g + 4], v[:, 4 * g : 4 * g + 4]
+            scores = (qh @ kh.T / 2.0).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), -math.inf)
+            heads.append(scores.softmax(-1) @ vh)
+        return attn.c_proj(torch.cat(heads, dim=-1))[None]
+
+    with torch.no_grad():
+        expected, wrong = reference(lambda h: h // 2), reference(lambda h: h % 2)
+        torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, wrong, atol=1e-3)

@@ -1,7 +1,7 @@
 """`lmforge.generate`, `lmforge generate` and `lmforge chat` on a tiny character-level checkpoint.
 
-The expected text is always the engine's own greedy ids decoded by the tokenizer (the engine itself is
-checked against recomputation and transformers in test_inference_engine.py and tests/parity).
+The expected text is a plain argmax loop over full forward passes (`greedy_ids`: no engine, no KV cache),
+decoded by the tokenizer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 
 import lmforge
 from lmforge.cli import main
-from lmforge.inference import Engine, SamplingParams
 from lmforge.inference.chat import fit_conversation
 from lmforge.models import GPT, GPTConfig
 from lmforge.tokenizers import CharTokenizer
@@ -34,12 +33,22 @@ def checkpoint(tmp_path_factory):
     return directory, model, tokenizer
 
 
+@torch.no_grad()
+def greedy_ids(model, prompt: list[int], n: int, stop_ids: set[int] = frozenset()) -> list[int]:
+    """The reference: argmax of a full forward pass over the whole sequence for every new token (no
+    engine, no KV cache, no sampling code), ending after a stop id."""
+    ids: list[int] = list(prompt)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+        if ids[-1] in stop_ids:
+            break
+    return ids[len(prompt) :]
+
+
 def greedy_text(model, tokenizer, prompt: str, n: int) -> str:
     """Greedy continuation, cut before the first end-of-text token."""
-    ids = Engine(model).generate([tokenizer.encode(prompt)], SamplingParams(temperature=0), max_new_tokens=n)[
-        0
-    ]
-    return tokenizer.decode(ids[: ids.index(tokenizer.eot_id)] if tokenizer.eot_id in ids else ids)
+    ids = greedy_ids(model, tokenizer.encode(prompt), n, {tokenizer.eot_id})
+    return tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eot_id else ids)
 
 
 def run(capsys, *argv: str, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
@@ -198,9 +207,7 @@ def test_chat_with_template_wraps_messages(checkpoint, capsys, monkeypatch, tmp_
         tokenizer.special_tokens["<|assistant|>"],
     ]
     stops = {tokenizer.eot_id, tokenizer.special_tokens["<|end|>"]}
-    ids = Engine(model).generate([prompt], SamplingParams(temperature=0), max_new_tokens=10, stop_ids=stops)[
-        0
-    ]
+    ids = greedy_ids(model, prompt, 10, stops)
     reply = tokenizer.decode([t for t in ids if t not in stops])
     assert code == 0 and "chat template" in out.splitlines()[0]
     assert out.splitlines()[1] == "> " + reply

@@ -66,6 +66,61 @@ def test_batched_generation_equals_one_by_one(arch):
     assert engine.generate(prompts, params, max_new_tokens=12) == alone
 
 
+@torch.no_grad()
+def recompute_penalised_greedy(
+    model: GPT, prompt: list[int], n: int, *, repetition: float, frequency: float, prompt_counts: bool = True
+) -> list[int]:
+    """Reference for the penalties, one plain loop per token over a full forward pass: CTRL's repetition
+    penalty on every token of prompt + generated (logit / r if > 0 else logit * r), then the OpenAI
+    frequency penalty (minus f x times generated), then argmax. `prompt_counts=False` leaves the
+    prompt out of the repetition penalty (the bug this reference exists to catch)."""
+    ids = list(prompt)
+    for _ in range(n):
+        logits = model(torch.tensor([ids]))[0][0, -1].tolist()
+        generated = ids[len(prompt) :]
+        for token in set(ids if prompt_counts else generated):
+            logits[token] = logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
+        for token in set(generated):
+            logits[token] -= frequency * generated.count(token)
+        ids.append(max(range(len(logits)), key=logits.__getitem__))
+    return ids[len(prompt) :]
+
+
+def test_penalties_over_prompt_and_generated_tokens_equal_a_reference_loop():
+    model = tiny_gpt(1)
+    prompts = [[3, 14, 15, 9, 2, 6], [7, 7, 1]]
+    params = SamplingParams(temperature=0, repetition_penalty=1.8, frequency_penalty=0.7)
+    expected = [recompute_penalised_greedy(model, p, 12, repetition=1.8, frequency=0.7) for p in prompts]
+    assert Engine(model).generate(prompts, params, max_new_tokens=12) == expected
+    # the reference is sensitive to what it checks: the prompt's part in the penalty, and the penalties
+    assert expected != [
+        recompute_penalised_greedy(model, p, 12, repetition=1.8, frequency=0.7, prompt_counts=False)
+        for p in prompts
+    ]
+    assert expected != [recompute_greedy(model, p, 12)[0] for p in prompts]
+    assert expected != [
+        recompute_penalised_greedy(model, p, 12, repetition=1.8, frequency=0) for p in prompts
+    ]
+
+
+def test_compiled_decode_step_gives_the_same_tokens(monkeypatch):
+    """Engine(compile=True) decodes through torch.compile's graph of the one-token step (TorchDynamo with
+    the "eager" backend, so no C++ kernels are generated in the test): the same greedy tokens."""
+    compiled = []
+
+    def compile_eagerly(fn, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, backend="eager", **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    model = tiny_gpt(2)
+    prompt = [3, 14, 15, 9]
+    engine = Engine(model, compile=True)
+    assert len(compiled) == 1
+    assert engine.generate([prompt], GREEDY, max_new_tokens=6) == [recompute_greedy(model, prompt, 6)[0]]
+
+
 def test_stop_ids_end_each_row_independently():
     model = tiny_gpt(seed=2)
     prompts = [[1, 2, 3], [4, 5]]

@@ -60,6 +60,15 @@ def test_top_p_keeps_smallest_set_reaching_p(p, kept):
     assert {i for i in range(4) if filtered[i] > -math.inf} == kept
 
 
+def test_top_p_stops_when_the_mass_equals_p_exactly():
+    """Probabilities (0.5, 0.25, 0.25), exact in binary, and p=0.5: the first token alone reaches 0.5,
+    so the second (mass above it 0.5 >= 0.5) is dropped and one token is kept; p=0.75 keeps two."""
+    logits = logits_of([0.25, 0.5, 0.25])
+    assert torch.isfinite(top_p_filter(logits, 0.5)[0]).tolist() == [False, True, False]
+    kept = torch.isfinite(top_p_filter(logits, 0.75)[0])
+    assert bool(kept[1]) and int(kept.sum()) == 2  # which of the tied 0.25s is the sort's choice
+
+
 def test_top_p_draws_follow_renormalised_distribution():
     """p=0.75 keeps 0.5 and 0.3, renormalised to 0.625 and 0.375 (std of a frequency ~0.0034)."""
     freq = frequencies(logits_of([0.3, 0.05, 0.5, 0.15]), SamplingParams(top_p=0.75))

@@ -149,6 +149,33 @@ def test_answer_only_targets_worked_by_hand() -> None:
     assert targets.tolist() == [[m, m, m, m, m, 4, 6, 17, m]]
 
 
+def test_validation_loss_over_several_batches_is_weighted_by_answer_tokens() -> None:
+    """The recipe's validation loss (`evaluate_lm` over `problem_batches`) spread over batches of 2 rows:
+    "1+1=" scores 2 targets (2, END), "99*99=" 5 (9801, END), so batches hold different numbers of
+    targets. The result must be the mean over all 2+5+... targets, computed here in one cross_entropy
+    over every row; the mean of the per-batch means would differ."""
+    from lmforge.evaluation.metrics import evaluate_lm
+    from lmforge.models import GPT, GPTConfig
+    from lmforge.recipes.arithmetic import problem_batches
+
+    problems = [Problem(1, "+", 1), Problem(99, "*", 99), Problem(5, "-", 3), Problem(12, "+", 34)]
+    problems += [Problem(7, "*", 8)]
+    tokenizer = arithmetic_tokenizer()
+    tokens, targets = encode_problems(problems, tokenizer, reverse=False, scratchpad=False, length=10)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    x, y = torch.from_numpy(tokens[:, :-1]), torch.from_numpy(targets)
+    with torch.no_grad():
+        logits, _ = model(x, y)
+        losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    mask = y.flatten() != IGNORE_INDEX
+    expected = float(losses[mask].mean())
+    measured = evaluate_lm(model, problem_batches(tokens, targets, batch_size=2))["loss"]
+    assert measured == pytest.approx(expected, rel=1e-5)
+    per_batch = [float(losses.view(5, 10)[i : i + 2][y[i : i + 2] != IGNORE_INDEX].mean()) for i in (0, 2, 4)]
+    assert abs(sum(per_batch) / 3 - expected) > 1e-3  # the unweighted mean is measurably different
+
+
 def test_batches_mask_everything_but_answers_and_resume_exactly() -> None:
     tokenizer = arithmetic_tokenizer()
     splits = make_splits(ArithmeticConfig(**SMALL))
@@ -298,7 +325,11 @@ def test_whole_recipe_smoke_through_the_cli(tmp_path: Path, capsys: pytest.Captu
         ("+", 2, False, 60),
         ("+", 3, True, 60),
     ]
-    assert all(0.0 <= r["exact_match"] <= 1.0 for r in results["test"])
+    # a fraction of whole problems (k right of n), not a per-token or per-batch average
+    assert all(
+        abs(r["exact_match"] * r["problems"] - round(r["exact_match"] * r["problems"])) < 1e-9
+        for r in results["test"]
+    )
     assert [h["step"] for h in results["validation"]] == [6, 12]
     assert (out / "plots" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(out / "config.toml", sections=RecipeConfig).model.options["vocab_size"] == 19

@@ -64,6 +64,27 @@ def test_worked_example_2_2_1_by_hand():
     np.testing.assert_allclose(out.b, [0.256691], atol=1e-6)
 
 
+def test_relu_derivative_at_zero_is_zero_as_in_torch():
+    """Hidden unit 1 gets z = 1·(-0.5) + 0.5·1.0 + 0 = 0 exactly: relu'(0) = 0 (torch's convention),
+    so no gradient reaches its weights or bias, while unit 0 (z = 0.5) passes δ1[0] = 0.6·δ2."""
+    net = MLP(
+        [
+            Dense(np.array([[0.2, -0.5], [0.4, 1.0]]), np.array([0.1, 0.0]), "relu"),
+            Dense(np.array([[0.6], [-0.5]]), np.array([0.05]), "sigmoid"),
+        ],
+        loss="bce",
+    )
+    net.loss_and_backward(np.array([[1.0, 0.5]]), np.array([[1.0]]))
+    hidden = net.layers[0]
+    assert hidden.cache["z"][0, 1] == 0.0
+    delta1 = 0.6 * (1.0 / (1.0 + math.exp(-0.35)) - 1.0)
+    np.testing.assert_allclose(hidden.db, [delta1, 0.0], atol=1e-12)
+    np.testing.assert_allclose(hidden.dW, [[delta1, 0.0], [0.5 * delta1, 0.0]], atol=1e-12)
+    z = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    torch.relu(z).sum().backward()
+    assert z.grad.tolist() == [0.0, 0.0, 1.0]
+
+
 def test_trace_prints_every_quantity_in_computation_order():
     lines: list[str] = []
     _worked_example_net(trace=lines.append).train_step(np.array([[1.0, 0.5]]), np.array([[1.0]]), lr=0.5)

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 from lmforge.errors import ConfigError
 from lmforge.scratch.optim import SGD, Adam, AdamW, RMSProp, run_on_quadratic, warmup_cosine_lr
@@ -103,12 +102,15 @@ def test_schedule_by_hand():
 
 @pytest.mark.parametrize("min_lr", [0.0, 3e-5])
 def test_schedule_matches_transformers_lambda_lr(min_lr):
+    transformers = pytest.importorskip("transformers")  # a test extra: skip, not fail, without it
     max_lr, warmup, total = 3e-4, 10, 100
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
     if min_lr == 0.0:
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        scheduler = transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total)
     else:
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr=min_lr)
+        scheduler = transformers.get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, warmup, total, min_lr=min_lr
+        )
     for step in range(total + 1):
         ours = warmup_cosine_lr(step, max_lr=max_lr, warmup_steps=warmup, total_steps=total, min_lr=min_lr)
         assert ours == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12, abs=1e-15), step

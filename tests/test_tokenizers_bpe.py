@@ -14,6 +14,7 @@ from lmforge.errors import ConfigError, DataError, TokenizerError
 from lmforge.tokenizers import BPETokenizer, load_gpt2
 from lmforge.tokenizers.bpe import count_chunks, train_merges
 from lmforge.tokenizers.pretokenize import PATTERNS, split_text
+from lmforge.tokenizers.special import split_on_special
 
 
 @functools.cache
@@ -91,8 +92,10 @@ def test_training_reads_files(tmp_path):
     assert tok.decode(tok.encode("lowest")) == "lowest" and len(tok.encode(" lowest")) < 7
 
 
-def test_trained_tokens_have_distinct_bytes(trained):
-    assert len(set(trained.token_bytes)) == len(trained.token_bytes)
+def test_more_merges_than_ids_is_refused_before_any_work():
+    """Ids are packed in 21 bits: 256 bytes + 2**21 - 255 merges is one id too many."""
+    with pytest.raises(TokenizerError, match=r"too many merges \(2096897\); at most 2096896"):
+        BPETokenizer(merges=[(97, 98)] * (2**21 - 255))
 
 
 def test_vocabulary_with_duplicate_bytes_is_refused():
@@ -146,6 +149,27 @@ def test_special_token_semantics(trained):
     assert eot not in ordinary and trained.decode(ordinary) == text
     with pytest.raises(TokenizerError, match="not a special token"):
         trained.encode(text, allowed_special={"<|nope|>"})
+    with pytest.raises(TokenizerError, match="must be 'none_raise', 'all' or a set"):
+        trained.encode(text, allowed_special=["<|endoftext|>"])  # a list is not a set
+
+
+def test_special_token_that_is_a_prefix_of_another_loses_to_the_longer_one():
+    """With `<|a|>` and `<|a|>b` both allowed, "x<|a|>by" holds `<|a|>b` (the longest match, as tiktoken
+    matches), not `<|a|>` followed by the byte "b". Bytes only (no merges), so every other id is a byte."""
+    tok = BPETokenizer.train(["xy"], vocab_size=258, special_tokens=("<|a|>", "<|a|>b"), progress=False)
+    a, ab = tok.special_tokens["<|a|>"], tok.special_tokens["<|a|>b"]
+    expected = [ord("x"), ab, ord("y")]
+    assert list(split_on_special("x<|a|>by", frozenset({"<|a|>", "<|a|>b"}))) == [
+        ("x", False),
+        ("<|a|>b", True),
+        ("y", False),
+    ]
+    # the fast path: tiktoken alone would pick between the two in its hash-map order
+    assert list(split_on_special("x<|a|>", frozenset({"<|a|>"}))) == [("x", False), ("<|a|>", True)]  # no ""
+    assert tok.encode("x<|a|>by", allowed_special="all") == expected
+    assert tok.encode_batch(["x<|a|>by", "<|a|>"], allowed_special="all") == [expected, [a]]
+    assert tok.encode_reference("x<|a|>by", allowed_special="all") == expected
+    assert tok.encode_reference("x<|a|>y", allowed_special="all") == [ord("x"), a, ord("y")]
 
 
 def test_encode_batch_matches_encode(trained, shakespeare_sample):

@@ -18,15 +18,21 @@ TRAINER_CONFIGS = [
 ]
 
 
-def test_the_four_shipped_configs_exist() -> None:
-    assert len(TRAINER_CONFIGS) == 4
+# (n_layer, n_head, n_embd) each shipped trainer config asks for (the gpt2 preset: GPT-2 small's 12/12/768)
+SHIPPED_SIZES = {
+    "shakespeare-char": (4, 4, 128),
+    "shakespeare-bpe": (4, 4, 256),
+    "stdlib-code": (6, 6, 384),
+    "gpt2-124m": (12, 12, 768),
+}
 
 
 @pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=lambda p: p.stem)
-def test_shipped_configs_load_and_build_a_model(path: Path) -> None:
+def test_shipped_configs_load_and_build_the_model_they_describe(path: Path) -> None:
+    assert len(TRAINER_CONFIGS) == len(SHIPPED_SIZES)
     config = load_config(path)
     model_config = config.model.build(vocab_size=config.model.options.get("vocab_size", 512))
-    assert model_config.n_embd % model_config.n_head == 0
+    assert (model_config.n_layer, model_config.n_head, model_config.n_embd) == SHIPPED_SIZES[path.stem]
     assert load_config(path, overrides=["train.max_iters=7"]).train.max_iters == 7
 
 

@@ -61,6 +61,17 @@ def test_adamw_decays_only_the_decay_group() -> None:
         torch.testing.assert_close(after[name].detach(), before[name])
 
 
+def test_optimizer_choice_and_its_settings_reach_torch() -> None:
+    """optim.name picks the torch class (on zero gradients SGD's L2 decay and AdamW's decoupled decay
+    move the weights alike, so the test above cannot tell them apart), with the configured settings."""
+    adamw = build_optimizer(Tiny(), OptimSection(lr=0.5, min_lr=0.0, beta1=0.8, beta2=0.9, eps=1e-6))
+    assert type(adamw) is torch.optim.AdamW
+    assert (adamw.defaults["betas"], adamw.defaults["eps"]) == ((0.8, 0.9), 1e-6)
+    sgd = build_optimizer(Tiny(), OptimSection(name="sgd", lr=0.5, min_lr=0.0, momentum=0.7))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.7
+    assert [g["name"] for g in sgd.param_groups] == ["decay", "no_decay"]  # the names the log shows
+
+
 def test_sgd_momentum_by_hand() -> None:
     """SGD, lr=0.1, momentum=0.9, constant gradient 1: buffers 1, 1.9 -> p = 0 - 0.1 - 0.19 = -0.29."""
     p = nn.Parameter(torch.zeros(2))

@@ -9,6 +9,8 @@ import copy
 import csv
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from lmforge.models import GPT, GPTConfig
 from lmforge.training.checkpoint import (
     CheckpointManager,
     NonFiniteError,
+    load_trainer_state,
     restore_training_state,
     save_checkpoint,
 )
@@ -300,7 +303,10 @@ def test_cli_train_eval_sample(dataset_dir: Path, tmp_path: Path, capsys) -> Non
         "train.eval_batches=1",
     ]
     assert main(args) == 0
-    assert "done: 2 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "done: 2 steps" in out
+    # the evaluation after the last step, one "name value" pair per metric
+    assert re.search(r"^step 2: loss [\d.]+, ppl [\d.]+, accuracy [\d.]+", out, re.MULTILINE), out
     assert main(["eval", "--ckpt", str(run / "checkpoints/best"), "--max-batches", "2"]) == 0
     out = capsys.readouterr().out
     assert "val: loss" in out and "bits/byte" in out
@@ -321,3 +327,253 @@ def test_cli_train_eval_sample(dataset_dir: Path, tmp_path: Path, capsys) -> Non
     assert capsys.readouterr().out.startswith("ROMEO:")
     assert main(["train", "--set", "optim.lr=-1", "--set", "data.dir=x"]) == 2
     assert "optim.lr=-1.0 is invalid" in capsys.readouterr().err
+
+
+def _norm_at_each_update(trainer: Trainer) -> list[float]:
+    """Wraps the optimizer's step: the global norm of the gradients it is handed, per update."""
+    norms: list[float] = []
+    original_step = trainer.optimizer.step
+
+    def record_step(*args, **kwargs):
+        grads = [p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(float(torch.cat(grads).norm()))
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = record_step
+    return norms
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.0])
+def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(
+    dataset_dir: Path, tmp_path: Path, clip
+) -> None:
+    """grad_clip=0.05 (far below a fresh model's gradient norm): the optimizer steps with gradients of
+    norm exactly 0.05, while the logged grad_norm is the norm before clipping. grad_clip=0: untouched.
+    SGD without momentum or decay, so the update itself is -lr x the gradient handed over."""
+    model = _gpt(dataset_dir)
+    trainer = _trainer(
+        dataset_dir,
+        tmp_path,
+        model,
+        "train.max_iters=2",
+        "train.eval_interval=0",
+        "optim.name=sgd",
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+        f"optim.grad_clip={clip}",
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    norms = _norm_at_each_update(trainer)
+    trainer.fit()
+    logged = [r for r in trainer.history if r["split"] == "train"]
+    assert len(norms) == 2 and all(r["grad_norm"] > 0.5 for r in logged)
+    expected = [clip] * 2 if clip else [r["grad_norm"] for r in logged]
+    assert norms == pytest.approx(expected, rel=1e-3)
+    if clip:  # two SGD steps of norm lr_i * 0.05 each: the total update is at most their sum
+        moved = torch.cat(
+            [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+        )
+        assert float(moved.norm()) <= sum(r["lr"] for r in logged) * clip * (1 + 1e-4)
+
+
+def test_pruning_keeps_the_newest_keep_last_steps_and_best(tmp_path: Path) -> None:
+    """Five saves with keep_last=2, the best at step 3: step_4, step_5 and best/ (holding step 3) remain."""
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in range(1, 6):
+        state = {"step": step, "rng": {}, "batches": {}}
+        manager.save(step, is_best=step in (1, 3), model=model, optimizer=None, trainer_state=state)
+    assert [p.name for p in manager.step_dirs()] == ["step_00000004", "step_00000005"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step_00000004", "step_00000005"]
+    assert json.loads((tmp_path / "best" / "trainer_state.json").read_text())["step"] == 3
+    assert manager.latest() == tmp_path / "step_00000005"
+
+
+@pytest.mark.parametrize("key", ["step", "rng", "batches"])
+def test_trainer_state_without_a_required_key_names_the_file_and_the_key(tiny_run, tmp_path, key) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run / "checkpoints" / "best", ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    del state[key]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(FormatError) as error:
+        load_trainer_state(ckpt)
+    assert error.value.path == ckpt / "trainer_state.json" and f"missing '{key}'" in str(error.value)
+
+
+def test_resume_without_the_optional_counters_starts_them_afresh(dataset_dir: Path, tmp_path: Path) -> None:
+    """A trainer_state.json with only step, rng, batches and the optimizer layout resumes: the
+    counters it lacks start at 0, the history empty, no best step; the step and weights are restored."""
+    model = _gpt(dataset_dir)
+    first = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=2", "train.eval_interval=0")
+    first.fit()
+    first.skipped_steps, first.evals_without_improvement = 3, 1  # as if some steps had been skipped
+    state = first.state_dict()
+    assert state["tokens_seen"] == 2 * 4 * 16 and state["history"]  # 2 steps of 4 windows of 16 tokens
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=first.optimizer, trainer_state=state)
+    whole = _trainer(dataset_dir, tmp_path / "w", _gpt(dataset_dir), "train.max_iters=3")
+    whole.resume(ckpt)  # the full state first: every counter comes back
+    assert (whole.step, whole.tokens_seen, whole.skipped_steps) == (2, first.tokens_seen, 3)
+    assert whole.evals_without_improvement == 1 and whole.history == first.history
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    kept = {k: saved[k] for k in ("format_version", "step", "rng", "batches", "optimizer")}
+    (ckpt / "trainer_state.json").write_text(json.dumps(kept))
+
+    second = _trainer(dataset_dir, tmp_path / "b", _gpt(dataset_dir), "train.max_iters=3")
+    second.resume(ckpt)
+    assert second.step == 2 and second.tokens_seen == 0 and second.skipped_steps == 0
+    assert second.history == [] and second.best_step is None and second.evals_without_improvement == 0
+    for p, q in zip(second.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_mfu_is_throughput_times_flops_per_token_over_the_measured_peak(
+    dataset_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """train.peak_tflops=0 measures the matmul peak at start (stubbed here to 2 TFLOP/s, and it must not
+    move the RNG a resumed run restores); each train row's mfu = tokens_per_s x flops_per_token / peak."""
+
+    def fake_peak(*, dtype, device):
+        torch.rand(3)  # a measurement draws random matrices: the trainer must shield its RNG from it
+        return 2e12
+
+    monkeypatch.setattr("lmforge.training.trainer.measure_matmul_peak", fake_peak)
+    model = _gpt(dataset_dir)
+    trainer = _trainer(
+        dataset_dir, tmp_path, model, "train.max_iters=2", "train.eval_interval=0", "train.peak_tflops=0"
+    )
+    torch.manual_seed(5)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(5)
+    trainer._peak_flops()
+    assert torch.rand(1) == expected_draw
+    trainer.fit()
+    rows = [r for r in trainer.history if r["split"] == "train"]
+    assert len(rows) == 2
+    for row in rows:
+        expected = row["tokens_per_s"] * model.flops_per_token() / 2e12
+        assert row["mfu"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_measured_matmul_peak_is_a_plausible_flop_rate() -> None:
+    """2 n^3 FLOPs per (n x n) @ (n x n) product: any CPU does a 64 x 64 product between 10 MFLOP/s and
+    100 TFLOP/s."""
+    from lmforge.training.logging import measure_matmul_peak
+
+    assert 1e7 < measure_matmul_peak(size=64, seconds=0.01) < 1e14
+
+
+def test_precision_resolution_and_bf16_autocast(monkeypatch) -> None:
+    """ "auto" on a CPU is bf16 only with AVX-512-BF16 or AMX; bf16 autocast runs matmuls in bf16 while
+    the weights stay fp32; fp32 is a no-op context."""
+    from lmforge.training.trainer import autocast_for, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    for avx512_bf16, amx, expected in [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto", cpu) == expected
+    linear = torch.nn.Linear(4, 3)
+    with autocast_for(cpu, "bf16")():
+        assert linear(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast_for(cpu, "fp32")():
+        assert linear(torch.randn(2, 4)).dtype == torch.float32
+    assert linear.weight.dtype == torch.float32
+
+
+def test_bf16_training_steps_run_in_bf16_with_fp32_weights(dataset_dir: Path, tmp_path: Path) -> None:
+    """The same 2 steps in bf16 and fp32 from the same weights and batches: finite, fp32 parameters, and
+    losses that differ by bf16 rounding only (|diff| < 0.05 nats but not 0, so autocast really ran)."""
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        model = _gpt(dataset_dir)
+        trainer = _trainer(
+            dataset_dir,
+            tmp_path / precision,
+            model,
+            "train.max_iters=2",
+            "train.eval_interval=0",
+            f"train.precision={precision}",
+        )
+        assert trainer.precision == precision
+        trainer.fit()
+        losses[precision] = [r["loss"] for r in trainer.history if r["split"] == "train"]
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)
+
+
+def test_compiled_training_matches_eager(dataset_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """train.compile=true trains through torch.compile's graph (TorchDynamo; the "eager" backend here,
+    so the test does not spend a minute generating C++ kernels): 2 steps give the eager losses."""
+    compiled_models = []
+
+    def compile_eagerly(model, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    losses = {}
+    for compiled in (True, False):
+        trainer = _trainer(
+            dataset_dir,
+            tmp_path / str(compiled),
+            _gpt(dataset_dir),
+            "train.max_iters=2",
+            "train.eval_interval=0",
+            f"train.compile={str(compiled).lower()}",
+        )
+        assert (trainer.forward_model is not trainer.model) == compiled
+        trainer.fit()
+        losses[compiled] = [r["loss"] for r in trainer.history if r["split"] == "train"]
+    assert len(compiled_models) == 1
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_reconcile_best_refreshes_best_from_the_step_the_state_names(tmp_path: Path) -> None:
+    """A crash after saving step 2 (the new best) but before copying it to best/ leaves best/ at step 1:
+    resuming copies step 2 to best/ and says so. When best/ already holds the named step nothing
+    changes; when no copy of it is left anywhere, the best loss is forgotten."""
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    for step in (1, 2):
+        state = {"step": step, "rng": {}, "batches": {}}
+        manager.save(step, is_best=step == 1, model=model, optimizer=None, trainer_state=state)
+    claimed = {"best_eval_loss": 1.5, "best_step": 2}
+
+    loss, note = manager.reconcile_best(tmp_path / "step_00000002", claimed)
+    assert loss == 1.5 and note == f"best/ refreshed from {tmp_path / 'step_00000002'} (step 2)"
+    assert load_trainer_state(manager.best)["step"] == 2
+    assert manager.reconcile_best(tmp_path / "step_00000002", claimed) == (1.5, None)
+    gone = {"best_eval_loss": 1.5, "best_step": 7}
+    assert manager.reconcile_best(tmp_path / "step_00000002", gone) == (
+        None,
+        "the best model (step 7) is gone; the best loss starts afresh",
+    )
+
+
+def test_resuming_into_a_different_model_or_with_a_broken_rng_names_the_file(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint of a 16-wide model does not resume a 24-wide one: meta.json is named with the field
+    that differs (before any weight is touched). A trainer_state.json whose 'rng' is not one lmforge
+    saved is named as well."""
+    model = _gpt(dataset_dir)
+    trainer = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=1", "train.eval_interval=0")
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", model=model, optimizer=trainer.optimizer, trainer_state=trainer.state_dict()
+    )
+    wider = GPT(GPTConfig(vocab_size=model.config.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=24))
+    with pytest.raises(FormatError) as error:
+        restore_training_state(ckpt, model=wider)
+    assert error.value.path == ckpt / "meta.json" and "n_embd 16 -> 24" in str(error.value)
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps(state | {"rng": {"torch": "not base64"}}))
+    fresh = _trainer(dataset_dir, tmp_path / "b", _gpt(dataset_dir), "train.max_iters=2")
+    with pytest.raises(FormatError) as error:
+        fresh.resume(ckpt)
+    assert error.value.path == ckpt / "trainer_state.json"
+    assert "'rng' is not an RNG state saved by lmforge" in str(error.value)

@@ -116,7 +116,14 @@ class Deduplicator:
             # every candidate is verified below, so a false positive only costs one comparison. At
             # threshold 0.8 this picks 16 bands of 8 rows: a pair at Jaccard 0.8 is a candidate with
             # probability 1 - (1 - 0.8**8)**16 = 0.95 (the balanced default gives 0.40).
-            self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, weights=(0.05, 0.95))
+            try:
+                self._lsh = MinHashLSH(
+                    threshold=config.threshold, num_perm=config.num_perm, weights=(0.05, 0.95)
+                )
+            except ValueError:
+                # Near 1 (always at 1.0; from 0.99 at num_perm=32) datasketch finds no layout of >= 2
+                # bands and refuses. Two bands of num_perm // 2 rows: identical signatures always collide.
+                self._lsh = MinHashLSH(num_perm=config.num_perm, params=(2, config.num_perm // 2))
             self._signatures: list[np.ndarray] = []  # (num_perm,) uint32 per kept document, by LSH key
 
     def check(self, text: str) -> tuple[str | None, bytes]:

@@ -478,7 +478,19 @@ class BPETokenizer:
         allowed = resolve_allowed(allowed_special, self.special_tokens)
         check_disallowed(text, self.special_tokens, allowed)
         self._check_bytes(text)
+        if _has_prefix_pair(allowed):
+            return self._encode_split(text, allowed)
         return self.tiktoken_encoding().encode(text, allowed_special=allowed, disallowed_special=())
+
+    def _encode_split(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """`encode` with the special tokens split off here (longest first), the rest through tiktoken."""
+        ids: list[int] = []
+        for piece, is_special in split_on_special(text, allowed):
+            if is_special:
+                ids.append(self.special_tokens[piece])
+            else:
+                ids.extend(self.tiktoken_encoding().encode_ordinary(piece))
+        return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         self._check_bytes(text)
@@ -491,6 +503,8 @@ class BPETokenizer:
         for text in texts:
             check_disallowed(text, self.special_tokens, allowed)
             self._check_bytes(text)
+        if _has_prefix_pair(allowed):
+            return [self._encode_split(text, allowed) for text in texts]
         return self.tiktoken_encoding().encode_batch(
             list(texts), num_threads=num_threads, allowed_special=allowed, disallowed_special=()
         )
@@ -543,3 +557,9 @@ class BPETokenizer:
             f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
             f"pattern={self.pattern_name!r}, special_tokens={self.special_tokens})"
         )
+
+
+def _has_prefix_pair(allowed: frozenset[str]) -> bool:
+    """True when one allowed special token starts another (`<|a|>`, `<|a|>b`): tiktoken then picks between
+    them in hash-map order, not the longest, so `encode` splits the special tokens off itself."""
+    return any(a != b and b.startswith(a) for a in allowed for b in allowed)
