@@ -88,6 +88,18 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure to `path` as PNG, atomically, and close it (pyplot keeps every figure
+    it made alive until closed)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """`atomic_open` for writers that open the file themselves (e.g. gguf's GGUFWriter): yields a temporary

@@ -210,7 +210,7 @@ def run_optimizers(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lmforge.errors import ConfigError
-    from lmforge.fileio import atomic_open
+    from lmforge.fileio import save_figure
     from lmforge.scratch.optim import SGD, Adam, AdamW, RMSProp, run_on_quadratic
 
     if args.steps < 1:
@@ -250,8 +250,6 @@ def run_optimizers(args: argparse.Namespace) -> int:
     ax.plot(0, 0, "k*", markersize=10)
     ax.set(xlabel="x1", ylabel="x2", title=f"f(x) = 2·x1² + 100·x2², {args.steps} steps")
     ax.legend(fontsize=8)
-    with atomic_open(args.plot, "wb") as f:
-        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, args.plot, dpi=120, bbox_inches="tight")
     print(f"plot: {args.plot}")
     return 0

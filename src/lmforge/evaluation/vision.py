@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.fileio import atomic_open
+from lmforge.fileio import atomic_open, save_figure
 
 
 @torch.no_grad()
@@ -107,12 +107,7 @@ def plot_confusion_matrix(
             color = "white" if counts[i, j] > threshold else "black"
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def misclassified_grid(
@@ -141,9 +136,4 @@ def misclassified_grid(
         ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray")
         ax.set_title(f"{classes[y_true[i]]}\n-> {classes[y_pred[i]]}", fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.fileio import atomic_open
+from lmforge.fileio import save_figure
 from lmforge.interpret.hooks import capture
 from lmforge.models.gpt import GPT
 
@@ -104,8 +104,6 @@ def plot_attention(patterns: torch.Tensor, tokens: Sequence[str], out_dir: str |
             ax.set_title(f"layer {layer} head {head}", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"layer{layer}.png"
-        with atomic_open(path) as f:
-            fig.savefig(f, format="png")
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
     return paths

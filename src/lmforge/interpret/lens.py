@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.fileio import atomic_open
+from lmforge.fileio import save_figure
 from lmforge.interpret.hooks import capture
 from lmforge.models.gpt import GPT
 
@@ -67,8 +67,4 @@ def plot_ranks(ranks: Sequence[int], path: str | Path, *, title: str) -> Path:
     ax.set_ylabel("rank of target (1 = top)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

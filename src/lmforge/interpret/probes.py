@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.fileio import atomic_open
+from lmforge.fileio import save_figure
 from lmforge.interpret.hooks import capture
 from lmforge.models.gpt import GPT
 from lmforge.tokenizers.base import Tokenizer
@@ -205,9 +205,4 @@ def plot_probes(
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

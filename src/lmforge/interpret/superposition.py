@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import check, is_int, is_number
-from lmforge.fileio import atomic_open
+from lmforge.fileio import save_figure
 
 
 @dataclass
@@ -183,9 +183,4 @@ def plot_superposition(model: ToyModel, sparsities: Sequence[float], path: str |
     if rows == 2:
         axes[1][0].set_ylabel("columns of W", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

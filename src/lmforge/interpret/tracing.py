@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.fileio import atomic_open
+from lmforge.fileio import save_figure
 from lmforge.interpret.hooks import capture, patch
 from lmforge.models.gpt import GPT
 
@@ -109,8 +109,4 @@ def plot_trace(result: Trace, tokens: Sequence[str], path: str | Path, *, title:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="fraction of logit difference restored")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import check, is_int
-from lmforge.fileio import atomic_write_json
+from lmforge.fileio import atomic_write_json, save_figure
 from lmforge.training.config import OptimSection, TrainSection
 
 
@@ -203,8 +203,6 @@ def plot_loss_by_position(curves: dict[int, Any], half: int, chance: float, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmforge.fileio import atomic_open
-
     fig, ax = plt.subplots(figsize=(5.5, 3), dpi=80)
     for n_layer, curve in curves.items():
         ax.plot(range(1, len(curve) + 1), curve.numpy(), label=f"{n_layer} layer{'s' if n_layer > 1 else ''}")
@@ -214,7 +212,4 @@ def plot_loss_by_position(curves: dict[int, Any], half: int, chance: float, path
     ax.set_ylabel("loss (nats)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
