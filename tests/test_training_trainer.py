@@ -427,6 +427,26 @@ def test_resume_without_the_optional_counters_starts_them_afresh(dataset_dir: Pa
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_resume_keeps_the_best_eval_loss_while_its_model_exists(dataset_dir: Path, tmp_path: Path) -> None:
+    """The best loss and its step come back from trainer_state.json when that step's checkpoint still
+    exists (and best/ is refreshed from it): a resumed run that forgot them would take its next
+    evaluation, however bad, for a new best."""
+    model = _gpt(dataset_dir)
+    first = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=2", "train.eval_interval=0")
+    first.fit()
+    first.best_eval_loss, first.best_step = 2.5, 2
+    ckpt = save_checkpoint(
+        tmp_path / "run" / "step_00000002",
+        model=model,
+        optimizer=first.optimizer,
+        trainer_state=first.state_dict(),
+    )
+    resumed = _trainer(dataset_dir, tmp_path / "b", _gpt(dataset_dir), "train.max_iters=3")
+    resumed.resume(ckpt)
+    assert (resumed.best_eval_loss, resumed.best_step) == (2.5, 2)
+    assert (tmp_path / "b/checkpoints/best/model.safetensors").is_file()
+
+
 def test_mfu_is_throughput_times_flops_per_token_over_the_measured_peak(
     dataset_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
