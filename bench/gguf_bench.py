@@ -11,9 +11,12 @@ memory are measured in a fresh interpreter per peer (memory freed by one load wo
 next one's). llama.cpp itself runs too when `llama-cpp-python` is installed (the `bench-llama` extra,
 built from source: about 11 minutes here): on the same file with its own quantized kernels (Q4_1 is not
 dequantized there), the same prompt ids and greedy decoding, with as many threads as torch uses.
+With --keep-4bit lmforge also runs the file's own 4-bit weights (`load_gguf(keep_4bit=True)`: Q4_1
+linear layers as `Int4Linear`, PyTorch's int4 CPU kernel, bfloat16 activations; the Q8_0 embedding and
+tied head dequantized to bfloat16), the like-for-like comparison with llama.cpp.
 
 Run: .venv/bin/python bench/gguf_bench.py [--new-tokens 128 --repeats 2 --dtypes bf16,fp32]
-     [--threads 1] [--compile]
+     [--threads 1] [--compile] [--keep-4bit]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated: bf16, fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="lmforge's decode step under torch.compile")
+    parser.add_argument("--keep-4bit", action="store_true", help="lmforge with the file's 4-bit weights too")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,8 +55,9 @@ def main() -> None:
         return load_gguf(path, dtype=dtype)
 
     def load_theirs(dtype: torch.dtype):
+        dequantize = transformers.GgufConfig(dequantize=True)  # plain Linear layers, as lmforge's
         return transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=dtype
+            path.parent, gguf_file=path.name, dtype=dtype, quantization_config=dequantize
         ).eval()
 
     # --- correctness, float32 ---------------------------------------------------------------------
@@ -124,6 +129,9 @@ def main() -> None:
     for name in args.dtypes.split(","):
         runners["transformers", name] = (run_theirs, load_theirs(dtypes[name]))
         runners["lmforge", name] = (run_ours, Engine(load_ours(dtypes[name])[0], compile=args.compile))
+    if args.keep_4bit:
+        q4 = load_gguf(path, dtype=torch.bfloat16, keep_4bit=True)[0]
+        runners["lmforge", "q4_1"] = (run_ours, Engine(q4, compile=args.compile))
     llama = load_llama(path, torch.get_num_threads())
     if llama is not None:
         runners["llama.cpp", "q4_1"] = (run_llama, llama)
@@ -147,11 +155,13 @@ def main() -> None:
                 print(f"  lmforge {ours[1]} / llama.cpp: decode {best[ours][1] / rate:4.2f}x, "
                       f"TTFT {first / best[ours][0]:4.2f}x (above 1: lmforge faster)")  # fmt: skip
             continue
-        same_dtype = rate / best["transformers", name][1]
+        peer_name = "bf16" if name == "q4_1" else name  # transformers has no 4-bit CPU kernel: vs its bf16
+        same_dtype = rate / best["transformers", peer_name][1] if ("transformers", peer_name) in best else 0.0
         vs_fp32 = f", {rate / baseline:4.2f}x transformers fp32" if baseline and name != "fp32" else ""
         memory = f"peak RSS {peak:5.0f} MiB (+{peak - before:4.0f})"
         print(
-            f"  {peer:12s} {name}  decode {rate:5.1f} tok/s = {same_dtype:4.2f}x transformers {name}{vs_fp32}"
+            f"  {peer:12s} {name}  decode {rate:5.1f} tok/s = {same_dtype:4.2f}x transformers {peer_name}"
+            f"{vs_fp32}"
             f"  TTFT {1000 * first:5.0f} ms  load {seconds:5.1f} s  {memory}"
         )
     for name in args.dtypes.split(","):
@@ -187,14 +197,15 @@ def load_in_fresh_process(peer: str, dtype: str) -> tuple[float, float, float]:
 import json, time, torch, transformers
 from lmforge.models.checkpoints import load_gguf
 from lmforge.models.gguf import smollm2_gguf_path
-path, dtype = smollm2_gguf_path(), {{"bf16": torch.bfloat16, "fp32": torch.float32}}.get("{dtype}")
+path = smollm2_gguf_path()
+dtype = {{"bf16": torch.bfloat16, "fp32": torch.float32, "q4_1": torch.bfloat16}}.get("{dtype}")
 def status():
     lines = (line.split(":", 1) for line in open("/proc/self/status"))
     return {{k: int(v.split()[0]) / 1024 for k, v in lines if k in ("VmRSS", "VmHWM")}}
 before = status()["VmRSS"]
 start = time.perf_counter()
 if "{peer}" == "lmforge":
-    load_gguf(path, dtype=dtype)
+    load_gguf(path, dtype=dtype, keep_4bit="{dtype}" == "q4_1")
 elif "{peer}" == "llama.cpp":
     from llama_cpp import Llama
     Llama(model_path=str(path), n_ctx=1024, verbose=False)

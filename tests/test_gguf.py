@@ -257,6 +257,58 @@ def test_quantized_types_match_transformers_gguf_loader(tmp_path, vocab, ids, qt
         assert 0 < (logits(model, ids) - logits(hf, ids)).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
+def test_q4_blocks_unpack_as_ggml_dequantizes(qtype):
+    """Codes, scales and zeros read from the raw blocks give back ggml's own dequantized values."""
+    from lmforge.models.quantized import q4_blocks
+
+    w = np.random.default_rng(0).normal(size=(6, 96)).astype(np.float32)
+    raw = gguf.quants.quantize(w, qtype)
+    weight = q4_blocks(raw, qtype.name, w.shape)
+    assert weight.codes.min() >= 0 and weight.codes.max() <= 15 and weight.scales.shape == (6, 3)
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, qtype).reshape(w.shape))
+    torch.testing.assert_close(weight.dequantize(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_int4_linear_is_its_dequantized_weight():
+    """forward = x W^T + b for the weight `dequantize` reports; `quantize` is Q4_1's recipe: every weight
+    within half a step of the original (plus the bfloat16 rounding of scale and zero)."""
+    from lmforge.models.quantized import Int4Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    q4 = Int4Linear.quantize(linear)
+    w = q4.dequantize()
+    groups = linear.weight.detach().reshape(32, 2, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15
+    error = (w - linear.weight.detach()).abs().reshape(32, 2, 32).amax(-1)
+    assert (error <= step / 2 + 0.01 * linear.weight.abs().max()).all() and error.max() > 0
+    x = torch.randn(3, 5, 64)
+    expected = x @ w.T + linear.bias.detach()
+    torch.testing.assert_close(q4(x), expected, rtol=0.02, atol=0.02)
+    assert q4(x).dtype == torch.float32 and q4(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
+def test_keep_4bit_runs_the_files_weights(tmp_path, vocab, ids, qtype):
+    """`keep_4bit`: every block matrix an Int4Linear (q/k rows un-permuted in codes and scales alike),
+    a head the kernel cannot take dequantized, logits as close to transformers' dequantized float32 model as a bfloat16 model's; not saved."""
+    from lmforge.models.quantized import Int4Linear
+
+    hf = _hf_llama(len(vocab[0]), tie=False)
+    path = tmp_path / "tiny.gguf"
+    write_llama_gguf(path, hf, *vocab, qtype=qtype)
+    model = GPT.from_gguf(path, dtype=torch.bfloat16, keep_4bit=True)
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 4 * model.config.n_layer
+    assert isinstance(model.lm_head, torch.nn.Linear)  # 319 outputs: not in 16s, so dequantized
+    theirs = logits(hf_from_gguf(path), ids)
+    bf16_error = (logits(GPT.from_gguf(path, dtype=torch.bfloat16), ids).float() - theirs).abs().max()
+    q4_error = (logits(model, ids).float() - theirs).abs().max()
+    assert q4_error < max(2 * bf16_error, 0.02), (q4_error, bf16_error)
+    with pytest.raises(ConfigError, match="4-bit"):
+        model.save_checkpoint(tmp_path / "ckpt")
+
+
 def test_tokenizer_matches_transformers_gguf_tokenizer(tmp_path, bpe, vocab):
     path = tmp_path / "tiny.gguf"
     write_llama_gguf(path, _hf_llama(len(vocab[0])), *vocab)

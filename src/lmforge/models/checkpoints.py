@@ -62,12 +62,13 @@ def load_checkpoint(
 
 
 def load_gguf(
-    path: str | Path, *, dtype: torch.dtype = torch.float32
+    path: str | Path, *, dtype: torch.dtype = torch.float32, keep_4bit: bool = False
 ) -> tuple[GPT, BPETokenizer | None, dict[str, Any]]:
     """A llama.cpp GGUF file -> (model in eval mode, its tokenizer or None, meta), every tensor dequantized
-    to `dtype`; meta is ready for `GPT.save_checkpoint(meta=...)` (see `gguf.GGUFContents`)."""
+    to `dtype` (but Q4_0/Q4_1 linear weights kept 4-bit with `keep_4bit`, see `GPT.from_gguf`); meta is
+    ready for `GPT.save_checkpoint(meta=...)` (see `gguf.GGUFContents`)."""
     from lmforge.models.gguf import read_gguf
 
-    contents = read_gguf(path, dtype=dtype)
+    contents = read_gguf(path, dtype=dtype, keep_4bit=keep_4bit)
     model = GPT.from_tensors(contents.config, contents.tensors, dtype=dtype, source=path)
     return model, contents.tokenizer, contents.meta

@@ -26,8 +26,12 @@ GPT-2-style one to `gpt2`, as f32, f16 or q8_0 (matrices whose rows are a multip
 quantized; norms, biases and other rows stay f32, as llama.cpp's converter does), with the tokenizer,
 its bos/eos/pad roles and the chat template, laid out as llama.cpp's converter lays out its files.
 
-Deliberately not here: other architectures, RoPE scaling, SentencePiece vocabularies, quantized
-inference (weights are float tensors once loaded), downloading.
+With `keep_4bit` the Q4_0/Q4_1 weights of linear layers stay 4-bit (`models.quantized`: the model then
+runs them with PyTorch's int4 CPU kernel, reading a quarter of the bytes of bfloat16); every other
+tensor, and every tensor without it, is dequantized.
+
+Deliberately not here: other architectures, RoPE scaling, SentencePiece vocabularies, kernels for the
+other quantized types (Q8_0, K-quants are dequantized), downloading.
 References: ggml's docs/gguf.md; llama.cpp `convert_hf_to_gguf.py` (`LlamaModel.permute`) and
 `gguf-py`; transformers `modeling_gguf_pytorch_utils.py` (`reverse_permute_weights`).
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +50,7 @@ import torch
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_path
 from lmforge.models.config import GPT2_BLOCK, LLAMA_BLOCK, GPTConfig
+from lmforge.models.quantized import Q4Weight, fits_int4, q4_blocks
 
 if TYPE_CHECKING:
     from torch import nn
@@ -230,30 +236,68 @@ def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
     return torch.from_numpy(values)
 
 
+Q4_KINDS = ("Q4_0", "Q4_1")  # the ggml types `keep_4bit` keeps as they are (models.quantized)
+_LINEAR_WEIGHTS = (
+    "lm_head.weight",
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+
+
 def read_gguf_weights(
-    reader: Any, config: GPTConfig, arch: str, path: str | Path, *, dtype: torch.dtype = torch.float32
-) -> Iterator[tuple[str, torch.Tensor]]:
+    reader: Any,
+    config: GPTConfig,
+    arch: str,
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    keep_4bit: bool = False,
+) -> Iterator[tuple[str, torch.Tensor | Q4Weight]]:
     """lmforge's (name, tensor) pairs (tied head left out) from a GGUF reader, q/k rows un-permuted, each
     dequantized to float32 and then cast to `dtype`, one at a time (so a caller that copies them into a
-    model never holds a second copy of the weights)."""
+    model never holds a second copy of the weights). With `keep_4bit`, a linear layer's weight stored as
+    Q4_0/Q4_1 (all of its parts, for the fused q/k/v and gate/up) comes as a `Q4Weight` instead."""
     path = Path(path)
     tensors = {t.name: t for t in reader.tensors}
 
-    def take(name: str) -> torch.Tensor:
+    def take(name: str, *, linear: bool = False) -> torch.Tensor | Q4Weight:
         if name not in tensors:
             raise FormatError(path, f"GGUF file has no tensor {name!r}")
-        return _dequantize(tensors.pop(name), path)
+        tensor = tensors.pop(name)
+        kind = tensor.tensor_type.name
+        shape = tuple(int(n) for n in reversed(tensor.shape))  # (out, in)
+        if keep_4bit and linear and kind in Q4_KINDS and fits_int4(shape):
+            return q4_blocks(tensor.data, kind, shape)
+        return _dequantize(tensor, path).to(dtype)
+
+    def unpermute(w: torch.Tensor | Q4Weight, n_head: int) -> torch.Tensor | Q4Weight:
+        return (
+            w.map_rows(partial(_unpermute, n_head=n_head))
+            if isinstance(w, Q4Weight)
+            else _unpermute(w, n_head)
+        )
+
+    def rows(parts: list[torch.Tensor | Q4Weight]) -> torch.Tensor | Q4Weight:
+        """The parts stacked by rows: 4-bit if every part is, else all in `dtype`."""
+        if all(isinstance(p, Q4Weight) for p in parts):
+            return Q4Weight.cat(parts)
+        return torch.cat([p.dequantize().to(dtype) if isinstance(p, Q4Weight) else p for p in parts])
 
     for ours, theirs in _gguf_names(config, arch):
-        yield ours, take(theirs).to(dtype)
+        yield ours, take(theirs, linear=ours.endswith(_LINEAR_WEIGHTS))
     if arch == "llama":
         for i in range(config.n_layer):
-            q = _unpermute(take(f"blk.{i}.attn_q.weight"), config.n_head)
-            k = _unpermute(take(f"blk.{i}.attn_k.weight"), config.n_kv_head)
-            qkv = torch.cat([q, k, take(f"blk.{i}.attn_v.weight")])
-            yield f"transformer.h.{i}.attn.c_attn.weight", qkv.to(dtype)
-            gate_up = torch.cat([take(f"blk.{i}.ffn_gate.weight"), take(f"blk.{i}.ffn_up.weight")])
-            yield f"transformer.h.{i}.mlp.c_fc.weight", gate_up.to(dtype)
+            q = unpermute(take(f"blk.{i}.attn_q.weight", linear=True), config.n_head)
+            k = unpermute(take(f"blk.{i}.attn_k.weight", linear=True), config.n_kv_head)
+            v = take(f"blk.{i}.attn_v.weight", linear=True)
+            yield f"transformer.h.{i}.attn.c_attn.weight", rows([q, k, v])
+            gate_up = [
+                take(f"blk.{i}.ffn_gate.weight", linear=True),
+                take(f"blk.{i}.ffn_up.weight", linear=True),
+            ]
+            yield f"transformer.h.{i}.mlp.c_fc.weight", rows(gate_up)
     leftover = sorted(tensors)
     if leftover:
         raise FormatError(path, f"unexpected GGUF tensors for a {arch} model: {', '.join(leftover[:5])}")
@@ -273,15 +317,17 @@ class GGUFContents:
     """
 
     config: GPTConfig
-    tensors: Iterator[tuple[str, torch.Tensor]]
+    tensors: Iterator[tuple[str, torch.Tensor | Q4Weight]]
     tokenizer: BPETokenizer | None  # None for a file without tokenizer metadata
     meta: dict[str, Any]
 
 
-def read_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> GGUFContents:
+def read_gguf(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, keep_4bit: bool = False
+) -> GGUFContents:
     """The config, tokenizer and metadata of a llama or gpt2 GGUF file, and its weights to be read as
-    `dtype`. Everything but the weights is read and validated here: a bad tokenizer or template fails
-    before the slow part."""
+    `dtype` (Q4_0/Q4_1 linear weights as `Q4Weight`s with `keep_4bit`). Everything but the weights is
+    read and validated here: a bad tokenizer or template fails before the slow part."""
     from lmforge.tokenizers.gguf_vocab import tokenizer_from_gguf
 
     path = Path(path)
@@ -307,7 +353,7 @@ def read_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> GGUFCo
         if not isinstance(template, str):
             raise FormatError(path, "GGUF tokenizer.chat_template is not a string")
         meta[JINJA_TEMPLATE_KEY] = template
-    tensors = read_gguf_weights(reader, config, arch, path, dtype=dtype)
+    tensors = read_gguf_weights(reader, config, arch, path, dtype=dtype, keep_4bit=keep_4bit)
     return GGUFContents(config=config, tensors=tensors, tokenizer=tokenizer, meta=meta)
 
 

@@ -46,6 +46,7 @@ from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_write_json, load_safetensors, read_json, save_safetensors
 from lmforge.models.config import GPTConfig
 from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, rope_tables, sinusoidal_table
+from lmforge.models.quantized import Int4Linear, Q4Weight
 
 # Targets equal to this are not scored by the loss (torch's default ignore_index): padding, prompt tokens
 # under an answer-only or assistant-only loss mask. The one definition; every other module imports it.
@@ -260,6 +261,11 @@ class GPT(nn.Module):
         atomically. A tied LM head is stored once (as the token embedding). `state_dict` replaces this
         module's own tensors, for a model whose parameters are shards (the gathered full state)."""
         directory = Path(directory)
+        if any(isinstance(m, Int4Linear) for m in self.modules()):
+            raise ConfigError(
+                "a model with 4-bit layers (from_gguf(keep_4bit=True)) is not saved as a checkpoint: "
+                "load the GGUF file without keep_4bit to convert it"
+            )
         tensors = dict(self.state_dict() if state_dict is None else state_dict)
         if self.config.tie_embeddings:
             del tensors["lm_head.weight"]  # safetensors refuses shared storage; rebuilt by tying on load
@@ -273,27 +279,30 @@ class GPT(nn.Module):
         atomic_write_json(directory / META_FILE, record | extra)
 
     @classmethod
-    def from_gguf(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> GPT:
+    def from_gguf(
+        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, keep_4bit: bool = False
+    ) -> GPT:
         """A GPT from a llama.cpp GGUF file (architecture llama or gpt2), every tensor dequantized to
-        `dtype`, in eval mode. The file's tokenizer and chat template are not part of a model:
-        `lmforge.models.checkpoints.load_gguf` returns them too."""
+        `dtype`, in eval mode; with `keep_4bit`, linear layers stored as Q4_0/Q4_1 become `Int4Linear`s
+        that keep the file's 4-bit weights (CPU, bfloat16 math, inference only). The file's tokenizer and
+        chat template are not part of a model: `lmforge.models.checkpoints.load_gguf` returns them too."""
         from lmforge.models.gguf import read_gguf
 
-        contents = read_gguf(path, dtype=dtype)
+        contents = read_gguf(path, dtype=dtype, keep_4bit=keep_4bit)
         return cls.from_tensors(contents.config, contents.tensors, dtype=dtype, source=path)
 
     @classmethod
     def from_tensors(
         cls,
         config: GPTConfig,
-        tensors: Iterable[tuple[str, torch.Tensor]],
+        tensors: Iterable[tuple[str, torch.Tensor | Q4Weight]],
         *,
         dtype: torch.dtype = torch.float32,
         source: str | Path = "<tensors>",
     ) -> GPT:
         """A GPT of `config` in `dtype`, eval mode, with every parameter copied from `tensors` (name,
-        tensor) pairs; the tied head is left out. A tensor of the wrong shape is a FormatError naming
-        `source` (the file the tensors came from)."""
+        tensor) pairs; the tied head is left out. A `Q4Weight` replaces its Linear by an `Int4Linear`.
+        A tensor of the wrong shape is a FormatError naming `source` (the file the tensors came from)."""
         model = cls(config).to(dtype)  # built and cast before the weights are read: the lower peak of memory
         parameters = model.state_dict()  # name -> the parameter's tensor, filled in place
         with torch.no_grad():
@@ -305,7 +314,12 @@ class GPT(nn.Module):
                     raise FormatError(
                         source, f"{name}: shape {tuple(tensor.shape)} does not fit the config {expected}"
                     )
-                parameters[name].copy_(tensor)
+                if isinstance(tensor, Q4Weight):
+                    parent, _, child = name.removesuffix(".weight").rpartition(".")
+                    layer = model.get_submodule(parent)
+                    setattr(layer, child, Int4Linear(tensor, bias=getattr(layer, child).bias))
+                else:
+                    parameters[name].copy_(tensor)
         return model.eval()
 
     @classmethod
