@@ -292,7 +292,8 @@ def test_int4_linear_is_its_dequantized_weight():
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
 def test_keep_4bit_runs_the_files_weights(tmp_path, vocab, ids, qtype):
     """`keep_4bit`: every block matrix an Int4Linear (q/k rows un-permuted in codes and scales alike),
-    a head the kernel cannot take dequantized, logits as close to transformers' dequantized float32 model as a bfloat16 model's; not saved."""
+    a head the kernel cannot take dequantized, logits as close to transformers' dequantized float32 model
+    as a bfloat16 model's; not saved."""
     from lmforge.models.quantized import Int4Linear
 
     hf = _hf_llama(len(vocab[0]), tie=False)

@@ -118,11 +118,20 @@ def test_chat_template_matches_transformers(smollm2, hf_tokenizer, messages, add
     assert ours == theirs
 
 
-def test_greedy_answer_is_sensible(smollm2):
+@pytest.fixture(scope="module")
+def smollm2_4bit():
+    return load_gguf(PATH, dtype=torch.bfloat16, keep_4bit=True)
+
+
+@pytest.mark.parametrize("weights", ["bf16", "4bit"])
+def test_greedy_answer_is_sensible(smollm2, smollm2_4bit, weights):
+    """The same answer from the dequantized model and from the file's own 4-bit weights (Int4Linear)."""
     from lmforge.inference import Engine, SamplingParams
     from lmforge.inference.chat_template import render_chat_template
+    from lmforge.models.quantized import Int4Linear
 
-    model, tokenizer, meta = smollm2
+    model, tokenizer, meta = smollm2 if weights == "bf16" else smollm2_4bit
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == (120 if weights == "4bit" else 0)
     prompt = render_chat_template(
         meta["chat_template_jinja"],
         [{"role": "user", "content": "What is the capital of France?"}],

@@ -156,12 +156,18 @@ def test_cli_prompts_from_stdin_and_file_with_samples(checkpoint, capsys, monkey
         (("--prompt", "x" * 70), "longer than the model's context"),
         (("--prompt", "x" * 60, "--max-new-tokens", "10"), "exceeds the model's context"),
         (("--prompt", "x", "--max-new-tokens", "0"), "max-new-tokens"),
+        (("--prompt", "x", "--dtype", "int4"), "use it with --model NAME"),
     ],
 )
 def test_cli_errors_are_one_clean_line(checkpoint, capsys, extra, message):
     code, out, err = run(capsys, "generate", "--ckpt", str(checkpoint[0]), *extra)
     assert code == 2 and out == ""
     assert err.startswith("lmforge generate: error:") and message in err and err.count("\n") == 1
+
+
+def test_cli_int4_needs_a_gguf_builtin(capsys):
+    code, _, err = run(capsys, "generate", "--model", "all-minilm-l6-v2", "--dtype", "int4", "--prompt", "x")
+    assert code == 2 and "not a GGUF model" in err and err.count("\n") == 1
 
 
 def test_cli_missing_checkpoint(capsys, tmp_path):

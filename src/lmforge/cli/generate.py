@@ -64,9 +64,10 @@ def _add_model_and_sampling_options(p: argparse.ArgumentParser, *, max_new_token
     e = p.add_argument_group("engine")
     e.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=("float32", "bfloat16", "int4"),
         default="float32",
-        help="run the weights in this dtype; bfloat16 is about twice as fast on CPUs with AVX512-BF16",
+        help="run the weights in this dtype; bfloat16 is about twice as fast on CPUs with AVX512-BF16; "
+        "int4 (CPU, with --model of a GGUF built-in) keeps the file's 4-bit weights 4-bit",
     )
     e.add_argument("--compile", action="store_true", help="torch.compile the decoding step (slow first call)")
     e.add_argument(
@@ -172,8 +173,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         frequency_penalty=args.frequency_penalty,
         seed=args.seed,
     )
-    model, tokenizer, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
-    model = for_cpu_inference(model.to(getattr(torch, args.dtype)), copy=False)  # loaded only to generate
+    if args.dtype == "int4":  # straight from the GGUF file, its Q4 weights as they are
+        from lmforge.models.builtin import builtin_gguf
+        from lmforge.models.checkpoints import load_gguf
+
+        if args.model is None:
+            raise ConfigError("--dtype int4 keeps a GGUF file's 4-bit weights: use it with --model NAME")
+        model, tokenizer, meta = load_gguf(builtin_gguf(args.model), dtype=torch.bfloat16, keep_4bit=True)
+    else:
+        model, tokenizer, meta = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
+        model = for_cpu_inference(model.to(getattr(torch, args.dtype)), copy=False)  # loaded only to generate
     engine = Engine(model, compile=args.compile, context=getattr(args, "context", "error"))
     return engine, tokenizer, params, meta
 

@@ -206,6 +206,14 @@ def _check_weights_file(path: Path) -> None:
         raise FormatError(path, f"not a complete safetensors file ({e})") from None
 
 
+def builtin_gguf(name: str) -> Path:
+    """The GGUF file a built-in model is converted from (for running its 4-bit weights as they are)."""
+    model = get_builtin(name)
+    if model.convert is not _from_gguf:
+        raise ConfigError(f"{name} is not a GGUF model; --dtype int4 needs one (e.g. smollm2-135m-instruct)")
+    return model.source()
+
+
 def resolve_checkpoint(
     ckpt: str | Path | None, model: str | None, *, log: Callable[[str], None] = print
 ) -> Path:
