@@ -41,7 +41,7 @@ def main() -> None:
 
     import transformers
 
-    from lmforge.inference import Engine, SamplingParams
+    from lmforge.inference import Engine, SamplingParams, for_cpu_inference
     from lmforge.inference.chat_template import render_chat_template
     from lmforge.models.checkpoints import load_gguf
     from lmforge.models.gguf import smollm2_gguf_path
@@ -52,7 +52,9 @@ def main() -> None:
     print(f"{versions}, threads {torch.get_num_threads()}; {path.name} ({path.stat().st_size / 1e6:.0f} MB)")
 
     def load_ours(dtype: torch.dtype):
-        return load_gguf(path, dtype=dtype)
+        """The model as `lmforge generate` runs it: weights in the order the one-row kernels read fastest."""
+        model, tokenizer, meta = load_gguf(path, dtype=dtype)
+        return for_cpu_inference(model, copy=False), tokenizer, meta
 
     def load_theirs(dtype: torch.dtype):
         dequantize = transformers.GgufConfig(dequantize=True)  # plain Linear layers, as lmforge's
