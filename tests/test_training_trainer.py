@@ -621,7 +621,8 @@ def test_rank_zero_of_an_fsdp_job_trains_as_part_of_it_and_saves_sharded_checkpo
     """`run_training` under torchrun hands the job to the trainer: rank 0 reports the global batch of
     both processes (2 per process x 2 processes = 4), and with FSDP its checkpoint is the sharded kind:
     shards/ holding the same weights as the consolidated model.safetensors, and no optimizer.safetensors
-    (the optimizer's state is in the shards)."""
+    (the optimizer's state is in the shards). Resuming it into a wider model is refused naming meta.json
+    and the field that differs, before any shard is read."""
     from lmforge.data.datasets import RandomWindows
     from lmforge.data.shards import open_split
     from lmforge.fileio import load_safetensors
@@ -642,6 +643,14 @@ def test_rank_zero_of_an_fsdp_job_trains_as_part_of_it_and_saves_sharded_checkpo
     assert weights and any(name.startswith("state.") for name in shards)
     for name, tensor in weights.items():
         torch.testing.assert_close(shards[name], tensor, rtol=0, atol=0, msg=name)
+    wider = GPT(
+        GPTConfig(
+            vocab_size=len(weights["transformer.wte.weight"]), block_size=16, n_layer=1, n_head=2, n_embd=24
+        )
+    )
+    with pytest.raises(FormatError) as error:
+        _trainer(dataset_dir, tmp_path / "wider", wider).resume(ckpt)
+    assert error.value.path == ckpt / "meta.json" and "n_embd 16 -> 24" in str(error.value)
 
 
 def test_a_set_vocab_size_is_kept_and_one_below_the_tokenizer_is_refused(dataset_dir: Path, tmp_path: Path):
