@@ -127,6 +127,25 @@ def test_mlm_pretraining_through_the_trainer(tmp_path, tiny_dataset):
     assert resumed.last_eval["loss"] == pytest.approx(full.last_eval["loss"], rel=1e-6)
 
 
+def test_a_vocab_size_without_room_for_the_mask_id_is_refused(tmp_path, tiny_dataset):
+    """The char tokenizer has no [MASK], so it gets the id after the last one: V, the tokenizer's size.
+    model.vocab_size=V is then one short: refused before training, with the size to use, V + 1."""
+    from lmforge.data.shards import load_meta
+    from lmforge.training.config import load_config
+    from lmforge.training.trainer import train_from_config
+
+    v = load_meta(tiny_dataset)["vocab_size"]
+    overrides = [*TINY_TRAIN, "model.architecture=bert", f"model.vocab_size={v}", f"data.dir={tiny_dataset}"]
+    config = load_config(None, overrides=[*overrides, f"train.out_dir={tmp_path / 'run'}"])
+    message = (
+        f"model.vocab_size={v} leaves no room for the [MASK] id {v}; use at least {v + 1} or leave it unset"
+    )
+    with pytest.raises(ConfigError) as error:
+        train_from_config(config)
+    assert str(error.value) == message
+    assert not (tmp_path / "run").exists()
+
+
 def test_config_architecture_round_trip(tmp_path):
     from lmforge.training.config import load_config, to_toml
 

@@ -597,3 +597,97 @@ def test_resuming_into_a_different_model_or_with_a_broken_rng_names_the_file(
         fresh.resume(ckpt)
     assert error.value.path == ckpt / "trainer_state.json"
     assert "'rng' is not an RNG state saved by lmforge" in str(error.value)
+
+
+@pytest.fixture
+def rank_zero_of_two(monkeypatch):
+    """This process as rank 0 of a 2-process torchrun job: torchrun's variables, and a gloo process group
+    the test opens itself, which `init_world` then uses (as when a caller opened one). The group holds
+    only this rank, so its collectives return rank 0's own values: enough to drive rank 0 through the
+    distributed paths in process (which trainer, which checkpoint writer), not to compare numbers with
+    one process (tests/test_training_distributed.py runs real 2-process jobs for that)."""
+    import torch.distributed as dist
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_rank_zero_of_an_fsdp_job_trains_as_part_of_it_and_saves_sharded_checkpoints(
+    rank_zero_of_two, dataset_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """`run_training` under torchrun hands the job to the trainer: rank 0 reports the global batch of
+    both processes (2 per process x 2 processes = 4), and with FSDP its checkpoint is the sharded kind:
+    shards/ holding the same weights as the consolidated model.safetensors, and no optimizer.safetensors
+    (the optimizer's state is in the shards). Resuming it into a wider model is refused naming meta.json
+    and the field that differs, before any shard is read."""
+    from lmforge.data.datasets import RandomWindows
+    from lmforge.data.shards import open_split
+    from lmforge.fileio import load_safetensors
+    from lmforge.training.trainer import run_training
+
+    config = _config(dataset_dir, tmp_path, "train.parallel=fsdp", "train.batch_size=2", "train.max_iters=1")
+    tokens = open_split(dataset_dir, "train")
+    batches = RandomWindows(tokens, block_size=16, batch_size=2, seed=0, rank=0, world_size=2)
+    run_training(config, _gpt(dataset_dir), batches)
+    job = "global batch 4 sequences = 2 per micro-batch x 1 accumulation steps x 2 processes (fsdp, gloo)"
+    assert job in capsys.readouterr().out
+    ckpt = tmp_path / "checkpoints" / "step_00000001"
+    shards = {}
+    for path in sorted((ckpt / "shards").glob("*.safetensors")):
+        shards |= load_safetensors(path)
+    assert not (ckpt / "optimizer.safetensors").exists()
+    weights = load_safetensors(ckpt / "model.safetensors")
+    assert weights and any(name.startswith("state.") for name in shards)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(shards[name], tensor, rtol=0, atol=0, msg=name)
+    wider = GPT(
+        GPTConfig(
+            vocab_size=len(weights["transformer.wte.weight"]), block_size=16, n_layer=1, n_head=2, n_embd=24
+        )
+    )
+    with pytest.raises(FormatError) as error:
+        _trainer(dataset_dir, tmp_path / "wider", wider).resume(ckpt)
+    assert error.value.path == ckpt / "meta.json" and "n_embd 16 -> 24" in str(error.value)
+
+
+def test_a_set_vocab_size_is_kept_and_one_below_the_tokenizer_is_refused(dataset_dir: Path, tmp_path: Path):
+    """model.vocab_size left unset takes the tokenizer's size (other tests); set larger (room for ids
+    added later) it is kept, as the resolved config.toml shows; set smaller than the tokenizer it is
+    refused before any training, with both numbers."""
+    from lmforge.data.shards import load_meta
+    from lmforge.errors import ConfigError
+
+    vocab = load_meta(dataset_dir)["vocab_size"]
+    one_step = ("train.max_iters=1", "train.checkpoint=false", "train.eval_batches=1")
+    train_from_config(_config(dataset_dir, tmp_path / "a", f"model.vocab_size={vocab + 10}", *one_step))
+    assert load_config(tmp_path / "a" / "config.toml").model.build().vocab_size == vocab + 10
+    with pytest.raises(
+        ConfigError, match=rf"model.vocab_size={vocab - 1} is smaller than the tokenizer's {vocab}"
+    ):
+        train_from_config(_config(dataset_dir, tmp_path / "b", f"model.vocab_size={vocab - 1}", *one_step))
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_resumed_run_counts_its_progress_from_the_step_it_resumed_at(
+    dataset_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """With progress on (the default) and output to a log, the progress bar is a plain line per tenth
+    of the run (lmforge.progress). A run resumed at step 2 of 4 counts on from 2: 3/4 (75%), 4/4 (100%)
+    (counting from 0 it would print 1/4 and 2/4 and end at 2/4)."""
+    model = _gpt(dataset_dir)
+    first = _trainer(dataset_dir, tmp_path / "a", model, "train.max_iters=2")
+    first.step = 2  # as if it had trained 2 steps: only the step matters here
+    state = first.state_dict()
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, optimizer=first.optimizer, trainer_state=state)
+    resumed = _trainer(
+        dataset_dir, tmp_path / "b", _gpt(dataset_dir), "train.max_iters=4", "train.progress=true"
+    )
+    resumed.fit(resume_from=ckpt)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: ")]
+    assert [line.split(" step/s")[0].rsplit(" ", 1)[0] for line in lines] == [
+        "train: 3/4 step (75%)",
+        "train: 4/4 step (100%)",
+    ]
