@@ -95,3 +95,14 @@ def test_set_trainable():
         set_trainable(_classifier(), "some")
     with pytest.raises(ConfigError, match="k must be"):
         set_trainable(_classifier(), "last-k", k=3)
+
+
+def test_flops_per_token_leaves_the_lm_head_out_and_spreads_the_head_over_the_sequence():
+    """1 layer, n_embd 16, MLP 64, vocab 100 (tied), 2 classes, T = 16. The block: c_attn 16*48 + 48 = 816,
+    c_proj 272, c_fc 1088, c_proj 1040, two LayerNorms 64 -> 3280, plus ln_f 32. The GPT LM counts its
+    tied head (100 * 16 = 1600): 6 * (3312 + 1600) + 12 * 1 * 16 * 16 = 29472 + 3072 = 32544. The
+    classifier never runs the LM head and runs its own (16 * 2 + 2 = 34) once per sequence:
+    6 * 3312 + 3072 + 6 * 34 / 16 = 22956.75 -> 22957."""
+    config = GPTConfig(vocab_size=100, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    assert GPT(config).flops_per_token(seq_len=16) == 32544
+    assert GPTClassifier(config, 2).flops_per_token(seq_len=16) == 22957
