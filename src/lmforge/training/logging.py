@@ -120,7 +120,7 @@ class RunLogger:
             shown = {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics.get('tokens_per_s', 0):,.0f}"}
             if "mfu" in metrics:  # only for a model that counts its FLOPs
                 shown["mfu"] = f"{100 * metrics['mfu']:.1f}%"
-            self._bar.set_postfix(shown, refresh=False)
+            self._bar.set_postfix(refresh=False, **shown)
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
