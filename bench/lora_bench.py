@@ -1,7 +1,7 @@
 """LoRA fine-tuning benchmark: tokens/s and training memory of lmforge LoRA, lmforge full fine-tuning and
 peft + transformers on the same GPT-2-shaped model and batch, side by side in one process.
 
-python bench/lora_bench.py [--steps 5 --rounds 3 --rank 8 --precision fp32|bf16]
+OMP_NUM_THREADS=1 python bench/lora_bench.py [--steps 2 --rounds 7 --rank 8 --precision fp32|bf16]
 
 The model is a random `GPT2LMHeadModel` (L6/H6/d384/T256/vocab 4096, no dropout), saved and imported into
 lmforge with `convert.from_hf`, so both libraries start from the same weights. One step = forward +
@@ -12,7 +12,11 @@ backward + AdamW step (lr 1e-4) over the trainable parameters, batch 8 of fixed 
                       that holds lmforge's exactly (convert.to_peft_adapter); its c_attn B is dense
                       (1152 x 3r) where ours is block-diagonal, so it trains more values
   peft (c_attn r)     the usual peft setting, rank r everywhere (fewer parameters on c_attn)
-Rounds are interleaved and the best round of each runner is reported (the CPU is shared).
+Rounds are interleaved (the runners' order rotates from round to round) and every ratio is the median over
+rounds of that round's ratio, so a burst of load from other processes moves a round's runners together
+rather than one runner's figure. Each step is timed both on the wall clock (tokens/s, the figure asked
+for) and in the process's CPU time (tokens per CPU-second: with one thread it leaves out the time the
+process waits for a core on a shared machine). The 1-minute load average is printed before and after.
 
 Memory is counted, not sampled (CPU torch keeps no allocator statistics): the bytes of every distinct
 parameter, gradient and AdamW state after a step, plus every other distinct tensor autograd saves for
@@ -24,6 +28,7 @@ all runners.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -80,7 +85,7 @@ def state_storages(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def runner(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precision: str):
-    """(run(steps) -> seconds, memory bytes, trainable count) of a plain AdamW loop on `model`."""
+    """(run(steps) -> (wall, CPU) seconds, memory bytes, trainable count) of a plain AdamW loop."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -89,13 +94,14 @@ def runner(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precisio
         with autocast():
             return loss_of()
 
-    def run(steps: int) -> float:
-        start = time.perf_counter()
+    def run(steps: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) of `steps` steps."""
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             forward().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     saved = saved_tensor_storages(forward)  # also the warm-up step's forward + backward
     optimizer.step()
@@ -108,8 +114,8 @@ def runner(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precisio
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="steps per runner per round")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
@@ -142,29 +148,38 @@ def main() -> None:
                 theirs, (lambda m: lambda: m(input_ids=x, labels=x).loss)(theirs), args.precision
             )
 
-    tokens = BATCH * SHAPE["block_size"]
+    tokens = BATCH * SHAPE["block_size"] * args.steps
     for run, _, _ in runners.values():
         run(1)  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    wall: dict[str, list[float]] = {name: [] for name in names}  # tokens/s per round
+    cpu: dict[str, list[float]] = {name: [] for name in names}  # tokens per CPU-second per round
+    load_before = os.getloadavg()[0]
     for k in range(args.rounds):
-        for name, (run, _, _) in runners.items():
-            rates[name].append(tokens * args.steps / run(args.steps))
-        print(f"round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in rates.items()), file=sys.stderr)
+        for name in names[k % len(names) :] + names[: k % len(names)]:  # a rotating order
+            seconds, cpu_seconds = runners[name][0](args.steps)
+            wall[name].append(tokens / seconds)
+            cpu[name].append(tokens / cpu_seconds)
+        print(f"round {k + 1}: " + ", ".join(f"{n} {wall[n][-1]:,.0f}" for n in names), file=sys.stderr)
+    load_after = os.getloadavg()[0]
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {args.precision}; {SHAPE}, batch {BATCH}")
-    print(f"\n{'runner':20s} {'trainable':>10s} {'tok/s best':>11s} {'median':>8s} {'memory MB':>10s}")
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} cores")
+    print(f"\n{'runner':20s} {'trainable':>10s} {'tok/s median':>13s} {'best':>6s} {'tok/CPU-s':>10s} "
+          f"{'memory MB':>10s}")  # fmt: skip
     for name, (_, memory, count) in runners.items():
-        line = f"{name:20s} {count:10,d} {max(rates[name]):11,.0f} {statistics.median(rates[name]):8,.0f}"
-        print(f"{line} {memory / 2**20:10.1f}")
-    best = {name: max(v) for name, v in rates.items()}
-    median = {name: statistics.median(v) for name, v in rates.items()}
-    memory = {name: m for name, (_, m, _) in runners.items()}
-    print()
+        line = f"{name:20s} {count:10,d} {statistics.median(wall[name]):13,.0f} {max(wall[name]):6,.0f}"
+        print(f"{line} {statistics.median(cpu[name]):10,.0f} {memory / 2**20:10.1f}")
+    ours = "lmforge LoRA"
+    print(f"\nratios: median over {args.rounds} rounds of the round's ratio (min-max in brackets)")
     for other in (f"peft (c_attn {3 * r})", f"peft (c_attn {r})", "lmforge full FT"):
-        print(f"lmforge LoRA / {other}: {best['lmforge LoRA'] / best[other]:.2f}x tokens/s (best rounds), "
-              f"{median['lmforge LoRA'] / median[other]:.2f}x (medians), "
-              f"{memory['lmforge LoRA'] / memory[other]:.2f}x memory")  # fmt: skip
+        by_wall = [a / b for a, b in zip(wall[ours], wall[other], strict=True)]
+        by_cpu = [a / b for a, b in zip(cpu[ours], cpu[other], strict=True)]
+        memory = runners[ours][1] / runners[other][1]
+        print(f"{ours} / {other}: {statistics.median(by_wall):.2f}x tokens/s "
+              f"[{min(by_wall):.2f}-{max(by_wall):.2f}], {statistics.median(by_cpu):.2f}x tokens/CPU-s "
+              f"[{min(by_cpu):.2f}-{max(by_cpu):.2f}], {memory:.2f}x memory")  # fmt: skip
 
 
 if __name__ == "__main__":

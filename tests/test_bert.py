@@ -161,3 +161,19 @@ def test_config_architecture_round_trip(tmp_path):
     assert load_config(tmp_path / "c.toml") == config
     with pytest.raises(ConfigError, match="model.architecture='t5' is invalid; choose one of gpt, bert"):
         load_config(None, overrides=["model.architecture=t5", "data.dir=d"])
+
+
+def test_flops_per_token_worked_by_hand():
+    """L=2, C=16, MLP 64, V=100, T=32. A block: c_attn 16*48 + 48 = 816, c_proj 16*16 + 16 = 272,
+    c_fc 16*64 + 64 = 1088, c_proj 64*16 + 16 = 1040, two LayerNorms 2 * 32: 3280; two blocks 6560.
+    Attention 12 * L * C * T = 12 * 2 * 16 * 32 = 12288.
+    MLM pretraining, every position also runs the head: dense 272 + norm 32 + bias 100 + tied decoder
+    100 * 16 = 1600 -> 6 * (6560 + 2004) + 12288 = 63672.
+    Cross-encoder (no MLM head, pooler 272 and 1-logit classifier 17 once per sequence):
+    6 * 6560 + 12288 + 6 * 289 / 32 = 51702.19 -> 51702 (the old count, 6 * 6849 + attention at the
+    block size 64, gave 65670)."""
+    config = BERTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=2, n_embd=16)
+    assert BERT(config).flops_per_token(seq_len=32) == 63672
+    cross_encoder = BERT(BERTConfig(**(config.__dict__ | {"mlm_head": False, "num_labels": 1})))
+    assert cross_encoder.flops_per_token(seq_len=32) == 51702
+    assert cross_encoder.flops_per_token() == 6 * 6560 + 12 * 2 * 16 * 64 + round(6 * 289 / 64)

@@ -95,3 +95,31 @@ def test_set_trainable():
         set_trainable(_classifier(), "some")
     with pytest.raises(ConfigError, match="k must be"):
         set_trainable(_classifier(), "last-k", k=3)
+
+
+def test_flops_per_token_leaves_the_lm_head_out_and_spreads_the_head_over_the_sequence():
+    """1 layer, n_embd 16, MLP 64, vocab 100 (tied), 2 classes, T = 16. The block: c_attn 16*48 + 48 = 816,
+    c_proj 272, c_fc 1088, c_proj 1040, two LayerNorms 64 -> 3280, plus ln_f 32. The GPT LM counts its
+    tied head (100 * 16 = 1600): 6 * (3312 + 1600) + 12 * 1 * 16 * 16 = 29472 + 3072 = 32544. The
+    classifier never runs the LM head and runs its own (16 * 2 + 2 = 34) once per sequence:
+    6 * 3312 + 3072 + 6 * 34 / 16 = 22956.75 -> 22957."""
+    config = GPTConfig(vocab_size=100, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    assert GPT(config).flops_per_token(seq_len=16) == 32544
+    assert GPTClassifier(config, 2).flops_per_token(seq_len=16) == 22957
+
+
+def test_flops_per_token_of_frozen_weights_and_lora():
+    """Frozen weights cost 4 per token (forward + input gradient), trained ones 6. Same model as above;
+    LoRA rank 2 on attention and MLP adds c_attn 6*16 + 48*2 = 192, c_proj 2*16 + 16*2 = 64, c_fc
+    2*16 + 64*2 = 160 and c_proj 2*64 + 16*2 = 160: 576 trained values. GPT LM (head tied, frozen):
+    4 * (3312 + 1600) + 6 * 576 + 3072 = 19648 + 3456 + 3072 = 26176. Classifier with its head trained:
+    4 * 3312 + 6 * 576 + 3072 + 6 * 34 / 16 = 19788.75 -> 19789."""
+    from lmforge.models.lora import apply_lora
+
+    config = GPTConfig(vocab_size=100, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    lm = apply_lora(GPT(config), rank=2, targets=["attn", "mlp"])
+    assert sum(p.numel() for p in lm.parameters() if p.requires_grad) == 576
+    assert lm.flops_per_token(seq_len=16) == 26176
+    classifier = apply_lora(GPTClassifier(config, 2), rank=2, targets=["attn", "mlp"])
+    classifier.head.requires_grad_(True)
+    assert classifier.flops_per_token(seq_len=16) == 19789

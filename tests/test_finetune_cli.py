@@ -196,6 +196,9 @@ def test_plain_gpt_folds_lora_into_a_plain_model():
     plain = plain_gpt(model)
     assert not lora_modules(plain) and not any("lora" in k for k in plain.state_dict())
     torch.testing.assert_close(plain(idx)[0], adapted, atol=1e-5, rtol=1e-5)
+    # a bf16 model stays bf16 (a classifier's bf16 head is applied to its output)
+    model = apply_lora(GPT(GPTConfig.preset("tiny", vocab_size=40, block_size=16, n_layer=1)), rank=2)
+    assert plain_gpt(model.to(torch.bfloat16)).transformer.h[0].mlp.c_fc.weight.dtype == torch.bfloat16
 
 
 def test_a_model_is_required(tmp_path, capsys):

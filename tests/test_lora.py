@@ -264,3 +264,48 @@ def test_lora_linear_keeps_the_base_parameters():
     assert isinstance(model.transformer.h[0].mlp.c_fc, LoRALinear)
     assert model.transformer.h[0].mlp.c_fc.weight is weight
     assert names <= set(model.state_dict())
+
+
+@pytest.mark.parametrize("tokens", [3, 64])  # 3 * (16 + 48) < 16 * 48 <= 64 * (16 + 48): both paths
+def test_forward_and_gradients_equal_the_plain_formula(tokens):
+    """y = x W^T + b + s diag(B_q, B_k, B_v) A x, and dL/d(x, W, b, A, B) by autograd on that formula,
+    whether LoRALinear takes the unfolded path (few tokens) or folds the adapter into W (many)."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.nn.Linear(16, 48)
+    layer = LoRALinear(base, rank=2, alpha=6, dropout=0.0, splits=[16, 16, 16])
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(48, 2, generator=generator))
+    x = torch.randn(1, tokens, 16, generator=generator, requires_grad=True)
+    upstream = torch.randn(1, tokens, 48, generator=generator)
+    (layer(x) * upstream).sum().backward()
+    got = [t.grad.clone() for t in (x, layer.weight, layer.bias, layer.lora_A, layer.lora_B)]
+
+    for t in (x, layer.weight, layer.bias, layer.lora_A, layer.lora_B):
+        t.grad = None
+    B = torch.block_diag(*layer.lora_B.split(16))  # (48, 6)
+    y = x @ layer.weight.T + layer.bias + 3.0 * (x @ layer.lora_A.T) @ B.T
+    (y * upstream).sum().backward()
+    torch.testing.assert_close(layer(x), y)
+    for mine, plain in zip(got, (x, layer.weight, layer.bias, layer.lora_A, layer.lora_B), strict=True):
+        torch.testing.assert_close(mine, plain.grad, rtol=1e-4, atol=1e-4)  # sums in another order
+    assert got[3].abs().max() > 0 and got[4].abs().max() > 0
+
+
+def test_folded_path_under_bf16_autocast():
+    """Under CPU autocast the folded path computes in bf16 and hands fp32 gradients to fp32 parameters,
+    close to the fp32 ones (bf16 keeps ~3 significant digits)."""
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(32, 32), rank=4, alpha=4, dropout=0.0, splits=[32])
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(64, 32, requires_grad=True)
+    layer(x).square().mean().backward()
+    expected = [t.grad.clone() for t in (x, layer.lora_A, layer.lora_B)]
+    for t in (x, layer.lora_A, layer.lora_B):
+        t.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().square().mean().backward()
+    for t, want in zip((x, layer.lora_A, layer.lora_B), expected, strict=True):
+        assert t.grad.dtype == torch.float32
+        torch.testing.assert_close(t.grad, want, rtol=0.05, atol=0.02 * want.abs().max().item())

@@ -43,3 +43,16 @@ def test_a_terminal_gets_tqdm():
 
     assert isinstance(bar, tqdm) and not isinstance(bar, PlainProgress)
     bar.close()
+
+
+def test_the_run_logger_shows_mfu_only_for_a_model_that_counts_flops(tmp_path, capsys):
+    from lmforge.training.logging import RunLogger
+
+    logger = RunLogger(tmp_path, total_steps=2, tensorboard=False)
+    logger.log(1, "train", {"loss": 1.0, "tokens_per_s": 10.0})
+    logger.advance()
+    logger.log(2, "train", {"loss": 0.5, "tokens_per_s": 20.0, "mfu": 0.25})
+    logger.advance()
+    logger.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train:")]
+    assert lines[0].endswith("loss=1.0000, tok_s=10") and lines[-1].endswith("tok_s=20, mfu=25.0%")

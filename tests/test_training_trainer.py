@@ -691,3 +691,41 @@ def test_a_resumed_run_counts_its_progress_from_the_step_it_resumed_at(
         "train: 3/4 step (75%)",
         "train: 4/4 step (100%)",
     ]
+
+
+def test_mfu_of_a_cross_encoder_counts_positions_not_stacked_rows(dataset_dir: Path, tmp_path: Path) -> None:
+    """A re-ranker's batch x is (B, 3, T): ids, token types and mask per pair. Tokens are B * T = 4 * 8 =
+    32 a step (not the 96 elements), and each row's mfu / tokens_per_s = flops_per_token at the batch's
+    T = 8 over the 1 TFLOP/s peak: 6 * 6560 + 12 * 2 * 16 * 8 + 6 * 289 / 8 = 42648.75 -> 42649 (the
+    blocks' 6560 and the heads' 289 parameters as in test_bert's worked example), where the old count
+    (3x the tokens, attention at block_size 64, heads on every position) gave 3 * 65670."""
+    from lmforge.models import BERT, BERTConfig
+    from lmforge.training.rerank import pair_objective
+
+    class PairBatches:
+        def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+            ids = torch.randint(1, 100, (4, 8))
+            return torch.stack([ids, torch.zeros_like(ids), torch.ones_like(ids)], dim=1), torch.ones(4)
+
+        def state_dict(self) -> dict:
+            return {}
+
+        def load_state_dict(self, state: dict) -> None:
+            pass
+
+    torch.manual_seed(0)
+    config = BERTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=2, n_embd=16, mlm_head=False)
+    model = BERT(BERTConfig(**(config.__dict__ | {"num_labels": 1})))
+    run = _config(
+        dataset_dir, tmp_path, "train.checkpoint=false", "train.max_iters=2", "train.eval_interval=0"
+    )
+    optimizer = build_optimizer(model, run.optim)
+    trainer = Trainer(
+        model, optimizer, PairBatches(), optim=run.optim, train=run.train, objective=pair_objective
+    )
+    trainer.fit()
+    assert trainer.tokens_seen == 2 * 32
+    rows = [r for r in trainer.history if r["split"] == "train"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["mfu"] / row["tokens_per_s"] == pytest.approx(42649 / 1e12, rel=1e-9)

@@ -41,28 +41,31 @@ def _hf_gpt2(tmp_path) -> tuple[transformers.GPT2LMHeadModel, GPT]:
     return hf, ours.eval()
 
 
+def _peft_twin(hf: transformers.GPT2LMHeadModel, ours: GPT) -> torch.nn.Module:
+    """peft's LoRA on `hf` holding exactly our adapters: per c_attn one rank-3r adapter with
+    A' = [A_q; A_k; A_v], block-diagonal B' = diag(B_q, B_k, B_v) and lora_alpha 3*alpha (same alpha/r)."""
+    config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"],
+                             rank_pattern={"c_attn": 3 * RANK}, alpha_pattern={"c_attn": 3 * ALPHA},
+                             fan_in_fan_out=True, lora_dropout=0.0)  # fmt: skip
+    theirs = peft.get_peft_model(hf, config)
+    with torch.no_grad():
+        for name, module in lora_modules(ours).items():
+            target = theirs.base_model.model.get_submodule(name)
+            target.lora_A["default"].weight.copy_(module.lora_A)
+            target.lora_B["default"].weight.copy_(module.block_B())  # (3 n_embd, 3 rank) for c_attn
+    return theirs
+
+
 def test_same_adapters_same_logits_as_peft_on_gpt2(tmp_path):
     """Our separate q/k/v adapters on c_attn are, in HF GPT-2 (fused c_attn, Conv1D), one peft adapter of
-    rank 3r with A' = [A_q; A_k; A_v], block-diagonal B' = diag(B_q, B_k, B_v) and lora_alpha 3*alpha
-    (same alpha/r). The test builds that peft model itself and copies the matrices in."""
+    rank 3r (see _peft_twin). The test builds that peft model itself and copies the matrices in. 22
+    tokens: every adapter takes the unfolded path (tokens * (in + out) < in * out)."""
     hf, ours = _hf_gpt2(tmp_path)
     idx = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(2))
     base_logits = hf(idx).logits
     apply_lora(ours, rank=RANK, alpha=ALPHA, targets=["attn", "mlp"])
     _random_adapters(ours)
-    n_embd = 48
-    config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["c_attn", "c_proj", "c_fc"],
-                             rank_pattern={"c_attn": 3 * RANK}, alpha_pattern={"c_attn": 3 * ALPHA},
-                             fan_in_fan_out=True, lora_dropout=0.0)  # fmt: skip
-    theirs = peft.get_peft_model(hf, config).eval()
-    with torch.no_grad():
-        for name, module in lora_modules(ours).items():
-            target = theirs.base_model.model.get_submodule(name)
-            A, B = module.lora_A, module.lora_B
-            if name.endswith("c_attn"):
-                B = torch.block_diag(*B.split(n_embd))  # (3 n_embd, 3 rank)
-            target.lora_A["default"].weight.copy_(A)
-            target.lora_B["default"].weight.copy_(B)
+    theirs = _peft_twin(hf, ours).eval()
 
     adapted = ours(idx)[0]
     assert (adapted - base_logits).abs().max() > 1e-2  # the adapters do change the model
@@ -80,6 +83,37 @@ def test_same_adapters_same_logits_as_peft_on_gpt2(tmp_path):
     for module in lora_modules(ours).values():  # the base restored: zero adapters give the base logits
         module.lora_B.data.zero_()
     torch.testing.assert_close(ours(idx)[0], base_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_same_loss_and_adapter_gradients_as_peft_on_a_training_batch(tmp_path):
+    """A training step's loss and the gradients of every A and B equal peft's on 2 x 32 = 64 tokens, where
+    every adapter takes the folded path (64 * (in + out) >= in * out for each projection of this model).
+    c_attn's B gradient is compared on the diagonal blocks, the values our block-diagonal B trains."""
+    hf, ours = _hf_gpt2(tmp_path)
+    ours.train()
+    idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(3))
+    apply_lora(ours, rank=RANK, alpha=ALPHA, targets=["attn", "mlp"])
+    _random_adapters(ours)
+    theirs = _peft_twin(hf, ours).train()
+    targets = idx.roll(-1, dims=1)
+    targets[:, -1] = -100  # transformers shifts the labels itself: the same predictions
+    loss = ours(idx, targets)[1]
+    their_loss = theirs(input_ids=idx, labels=idx).loss
+    torch.testing.assert_close(loss, their_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    their_loss.backward()
+    for name, module in lora_modules(ours).items():
+        target = theirs.base_model.model.get_submodule(name)
+        their_B_grad = target.lora_B["default"].weight.grad
+        if name.endswith("c_attn"):  # the diagonal blocks, stacked: (3 n_embd, rank)
+            their_B_grad = torch.cat(
+                [block.chunk(3, dim=1)[i] for i, block in enumerate(their_B_grad.chunk(3))]
+            )
+        assert module.lora_A.grad.abs().max() > 1e-4  # non-zero B: A trains too
+        torch.testing.assert_close(
+            module.lora_A.grad, target.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-6
+        )
+        torch.testing.assert_close(module.lora_B.grad, their_B_grad, rtol=1e-4, atol=1e-6)
 
 
 def _llama(n_kv_head: int) -> GPT:

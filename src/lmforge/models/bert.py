@@ -287,13 +287,28 @@ class BERT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, *, seq_len: int | None = None) -> int:
-        """Training FLOPs per token, 6 N + 12 n_layer n_embd T, as `GPT.flops_per_token` counts them (N: the
-        matmul parameters, the MLM decoder included; the head runs on every position)."""
+        """Training FLOPs (forward + backward) per token of the head training runs, counted as
+        `GPT.flops_per_token` counts them: 6 N_pos + 12 n_layer n_embd T + 6 N_seq / T, rounded.
+
+        N_pos: the parameters used at every position, i.e. the encoder blocks and, for a model with an
+        MLM head (pretraining), that head with its decoder (the V x C token embeddings; the embedding
+        tables are otherwise lookups, not matmuls). N_seq: parameters used once per sequence, the pooler
+        and classifier of a model without an MLM head (a classifier or cross-encoder), spread over the
+        T tokens of the sequence. A model with both heads is counted as pretraining (MLM).
+        Example (L=2, C=16, inner 64, V=100, T=32): a block has 816 + 272 + 1088 + 1040 + 2 * 32 = 3280
+        parameters; MLM: N_pos = 6560 + (272 + 32 + 100 + 1600) = 8564 -> 51384 + 12 * 2 * 16 * 32 =
+        12288 -> 63672; cross-encoder: 6 * 6560 + 12288 + 6 * (272 + 17) / 32 = 51702.19 -> 51702.
+        """
         c = self.config
         seq_len = c.block_size if seq_len is None else seq_len
-        embeddings = self.wte.weight.numel() + self.wpe.weight.numel() + self.wtt.weight.numel()
-        matmul_params = self.num_params() - embeddings + (self.wte.weight.numel() if self.mlm else 0)
-        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+        per_position = sum(p.numel() for p in self.h.parameters())
+        per_sequence = 0
+        if self.mlm is not None:
+            per_position += sum(p.numel() for p in self.mlm.parameters()) + self.wte.weight.numel()
+        else:
+            heads = [m for m in (self.pooler, self.classifier) if m is not None]
+            per_sequence = sum(p.numel() for m in heads for p in m.parameters())
+        return round(6 * per_position + 12 * c.n_layer * c.n_embd * seq_len + 6 * per_sequence / seq_len)
 
     # --- checkpoints --------------------------------------------------------------------------------
 

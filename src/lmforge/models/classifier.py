@@ -77,6 +77,21 @@ class GPTClassifier(nn.Module):
         loss = None if targets is None else F.cross_entropy(logits.float(), targets)
         return logits, loss
 
+    def flops_per_token(self, *, seq_len: int | None = None) -> int:
+        """Training FLOPs per token as `GPT.flops_per_token` counts them, for what this model runs: the
+        backbone without its LM head (never used here) and the head once per sequence, spread over its
+        T tokens: backbone - lm_head + head / T, rounded, each at 6 per value (4 when frozen).
+        Example (1 layer, n_embd 16, vocab 100, tied, 2 classes, T=16): 6 * (3280 + 32) + 12 * 16 * 16 +
+        6 * 34 / 16 = 19872 + 3072 + 12.75 -> 22957."""
+        seq_len = self.backbone.config.block_size if seq_len is None else seq_len
+        lm_head = self.backbone.lm_head.weight
+        backbone = (
+            self.backbone.flops_per_token(seq_len=seq_len)
+            - (6 if lm_head.requires_grad else 4) * lm_head.numel()
+        )
+        head = sum((6 if p.requires_grad else 4) * p.numel() for p in self.head.parameters())
+        return round(backbone + head / seq_len)
+
     def pool(self, h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, C) hidden states -> (B, C) by `self.pooling`, ignoring padding.
 

@@ -240,13 +240,21 @@ class GPT(nn.Module):
         values cost 2 * T * n_embd multiply-adds each forward = 4 T n_embd FLOPs, times 3 for forward +
         backward = 12 T n_embd (PaLM, appendix B; causal masking is not subtracted, as there).
         Example (gpt2, T=1024): N = 85.0M + 38.6M = 123.6M -> 741.7M + 12*12*768*1024 = 113.2M -> 855M.
+        A frozen weight (LoRA's base, a linear probe's backbone) costs 4 per token, not 6: the forward
+        and the gradient of its input, no gradient of its own (the layers below the first trained one
+        need no input gradient either; that is not subtracted).
         """
         c = self.config
         seq_len = c.block_size if seq_len is None else seq_len
         matmul_params = self.num_params(exclude_embeddings=True)
+        embeddings = {id(self.transformer.wte.weight)} | (
+            {id(self.transformer.wpe.weight)} if "wpe" in self.transformer else set()
+        )
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad and id(p) not in embeddings)
         if c.tie_embeddings:
             matmul_params += self.lm_head.weight.numel()
-        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+            frozen += 0 if self.lm_head.weight.requires_grad else self.lm_head.weight.numel()
+        return 6 * matmul_params - 2 * frozen + 12 * c.n_layer * c.n_embd * seq_len
 
     # --- checkpoints --------------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ swaps each targeted `nn.Linear` for a `LoRALinear` that keeps the very same weig
 
     y = W x + b + (alpha / rank) * B A dropout(x)        A: (rank, in), B: (out, rank)
 
+computed, for a batch of many tokens without dropout, as one matmul with the folded weight
+W + (alpha/rank) B A (`_FoldedLoRA`, a custom autograd function whose backward gets the adapters'
+gradients from thin matmuls), and otherwise as the base matmul plus B's matmul accumulated into it.
+
 A is initialised Kaiming-uniform with a = sqrt(5) (nn.Linear's own init, as peft does) and B with zeros,
 so the adapted model starts out computing exactly what the base computes. Afterwards the parameters with
 `requires_grad` are exactly the adapters.
@@ -90,15 +94,22 @@ class LoRALinear(nn.Linear):
         # Kaiming-uniform with a=sqrt(5) on (rows, in) gives every part's (rank, in) block the bound
         # 1/sqrt(in), as nn.Linear and peft initialise A
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else None  # None: not even an identity call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
-            return y
-        # (..., parts * rank), scaled here where it is narrow rather than after B
-        h = F.linear(self.lora_dropout(x), self.lora_A) * self.scaling
-        return y + F.linear(h, self.block_B())  # (..., out)
+            return F.linear(x, self.weight, self.bias)
+        tokens = x.numel() // self.in_features
+        dropping = self.lora_dropout is not None and self.training  # the adapter reads dropout(x)
+        if not dropping and tokens * (self.in_features + self.out_features) >= self.weight.numel():
+            return _FoldedLoRA.apply(x, self.weight, self.bias, self.lora_A, self.block_B(), self.scaling)
+        source = self.lora_dropout(x) if dropping else x
+        h = F.linear(source, self.lora_A) * self.scaling  # (..., parts * rank), scaled where it is narrow
+        # B's matmul accumulates into the base output: no (..., out) temporary and no separate add
+        y = torch.addmm(
+            F.linear(x, self.weight, self.bias).flatten(0, -2), h.flatten(0, -2), self.block_B().t()
+        )
+        return y.view(*x.shape[:-1], self.out_features)
 
     def block_B(self) -> torch.Tensor:
         """diag(B_1, .., B_n), (out, parts * rank): part i's rows read only the i-th rank-chunk of A x.
@@ -113,6 +124,50 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, splits={self.splits}"
+
+
+class _FoldedLoRA(torch.autograd.Function):
+    """y = x (W + s B A)^T + b with gradients for x, A and B (and W, b if they require one).
+
+    The forward folds the adapter into an effective weight, (out, rank) x (rank, in) work, and runs one
+    matmul; the backward recomputes that weight for dL/dx = g W_eff and gets the adapters' gradients
+    from thin matmuls, dL/dA = (g sB)^T x and dL/dB = g^T (x (sA)^T). Against the unfolded form
+    (x A^T, then B on it, then an add) this saves two (tokens, out) and (tokens, in) passes per step
+    and keeps no weight copy for the backward. It pays when tokens * (in + out) >= in * out (training
+    batches); a handful of tokens (decoding) takes the unfolded path. `block_B` is LoRALinear.block_B().
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, block_B, scaling):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, weight, lora_A, block_B)
+        ctx.scaling = scaling
+        return F.linear(x, torch.addmm(weight, block_B, lora_A, alpha=scaling), bias)  # (..., out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, lora_A, block_B = ctx.saved_tensors
+        need_x, need_w, need_b, need_A, need_B, _ = ctx.needs_input_grad
+        s, dtype = ctx.scaling, grad.dtype  # under autocast the output (and grad) is lower precision
+        g = grad.reshape(-1, grad.size(-1))  # (N, out)
+        x2 = x.reshape(-1, x.size(-1)).to(dtype)  # (N, in)
+        grad_x = grad_w = grad_b = grad_A = grad_B = None
+        if need_x:
+            folded = torch.addmm(weight, block_B, lora_A, alpha=s).to(dtype)  # (out, in)
+            grad_x = (g @ folded).view(x.shape)
+        if need_w:
+            grad_w = g.t() @ x2  # (out, in)
+        if need_b:
+            grad_b = g.sum(0)
+        # the thin products with the small matrix on the left, (r, big) @ (big, N): on CPU several times
+        # faster than the same products as (N, big) @ (big, r) or (big, N) @ (N, r)
+        if need_A:
+            gate_t = (block_B * s).to(dtype).t() @ g.t()  # (parts * rank, N) = (g sB)^T
+            grad_A = gate_t @ x2  # (parts * rank, in)
+        if need_B:
+            h_t = (lora_A * s).to(dtype) @ x2.t()  # (parts * rank, N) = (x (sA)^T)^T
+            grad_B = (h_t @ g).t()  # (out, parts * rank)
+        return grad_x, grad_w, grad_b, grad_A, grad_B, None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -124,14 +124,16 @@ class FinetuneConfig:
 
 
 def plain_gpt(model: GPT) -> GPT:
-    """The model with any LoRA adapters folded in, as a plain GPT (a new module when it had adapters)."""
+    """The model with any LoRA adapters folded in, as a plain GPT (a new module when it had adapters) on
+    the model's device and in its dtype (a bf16 model stays bf16, so a head beside it still fits)."""
     from lmforge.models.lora import lora_modules, merge_lora
 
     if not lora_modules(model):
         return model
     merge_lora(model)
     weights = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
-    plain = GPT(model.config)
+    like = model.transformer.wte.weight
+    plain = GPT(model.config).to(device=like.device, dtype=like.dtype)
     plain.load_state_dict(weights)
     return plain
 

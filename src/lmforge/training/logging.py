@@ -117,12 +117,10 @@ class RunLogger:
             for name, value in metrics.items():
                 self._tb.add_scalar(f"{split}/{name}", value, step)
         if self._bar is not None and split == "train":
-            self._bar.set_postfix(
-                loss=f"{metrics['loss']:.4f}",
-                tok_s=f"{metrics.get('tokens_per_s', 0):,.0f}",
-                mfu=f"{100 * metrics.get('mfu', 0):.1f}%",
-                refresh=False,
-            )
+            shown = {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics.get('tokens_per_s', 0):,.0f}"}
+            if "mfu" in metrics:  # only for a model that counts its FLOPs
+                shown["mfu"] = f"{100 * metrics['mfu']:.1f}%"
+            self._bar.set_postfix(refresh=False, **shown)
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:

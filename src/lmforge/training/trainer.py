@@ -93,6 +93,13 @@ EvalFn = Callable[[nn.Module], dict[str, float]]  # model -> metrics, at least {
 # ---------------------------------------------------------------- device and precision
 
 
+def batch_positions(x: torch.Tensor) -> int:
+    """Sequence positions a batch x feeds the model: rows x length, for ids (B, T) as for inputs that
+    stack k rows per sequence (B, k, T), such as a cross-encoder's ids, token types and mask (k = 3).
+    Example: x of shape (4, 3, 16) -> 64, not its 192 elements."""
+    return x.shape[0] * x.shape[-1]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -333,8 +340,9 @@ class Trainer:
         cfg = self.config
         if resume_from is not None:
             self.resume(resume_from)
-        flops_per_token = self.model.flops_per_token() if hasattr(self.model, "flops_per_token") else 0.0
-        peak = self._peak_flops() if self.is_main and flops_per_token else 0.0
+        # MFU's peak is the measured peak of one process times the processes (each measures alike)
+        counts_flops = hasattr(self.model, "flops_per_token")
+        peak = self._peak_flops() * self.world_size if self.is_main and counts_flops else 0.0
         logger = RunLogger(
             self.run_dir,
             total_steps=cfg.max_iters,
@@ -360,7 +368,7 @@ class Trainer:
             logger.message(note)
         self.model.train()
         stopped, train_loss, last_eval = "max_iters", float("nan"), None
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
         fit_start = window_start
         try:
             while self.step < cfg.max_iters:
@@ -394,9 +402,13 @@ class Trainer:
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                step_tokens = sum(x.numel() for x, _ in micro) * self.world_size
+                step_tokens = sum(batch_positions(x) for x, _ in micro) * self.world_size
                 self.tokens_seen += step_tokens
                 window_tokens += step_tokens
+                if peak:  # at each batch's own length: attention's FLOPs grow with it
+                    window_flops += self.world_size * sum(
+                        batch_positions(x) * self.model.flops_per_token(seq_len=x.shape[-1]) for x, _ in micro
+                    )
                 logger.advance()
                 if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
                     raise TrainingDiverged(
@@ -416,15 +428,16 @@ class Trainer:
                         "elapsed_s": time.perf_counter() - fit_start,  # wall time of this process's run
                     }
                     if peak:
-                        row["mfu"] = tokens_per_s * flops_per_token / peak
+                        row["mfu"] = window_flops / elapsed / peak if elapsed > 0 else 0.0
                     logger.log(self.step, "train", row)
-                    window_tokens, window_start = 0, time.perf_counter()
+                    window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
                 eval_due = self.step == cfg.max_iters or (
                     cfg.eval_interval and self.step % cfg.eval_interval == 0
                 )
                 if eval_due:
                     last_eval = self._evaluate_and_checkpoint(logger)
-                    window_tokens, window_start = 0, time.perf_counter()  # eval time is not training time
+                    # evaluation time is not training time
+                    window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
                     patience = cfg.early_stopping_patience
                     if patience and self.evals_without_improvement >= patience:
                         stopped = "early_stopping"
