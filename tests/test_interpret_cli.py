@@ -130,6 +130,31 @@ def test_induction_report_on_a_hand_made_induction_model():
         induction_report(model, torch.arange(8)[None])
 
 
+def test_induction_score_reads_only_the_token_after_the_previous_occurrence():
+    """Four hand-built heads on N = 5 (T = 10), second-copy rows t = 5..9, keys t - N + 1 = t - 4:
+    head 0 looks at t - 4 (induction): 1; head 1 at t - 5, the previous occurrence itself (a
+    duplicate-token head): 0; head 2 at t - 3 (an induction circuit shifted by one, as the recipe's
+    models first learned): 0; head 3 puts 0.25 on t - 4 and 0.75 on the previous token t - 1: 0.25.
+    Rows of the first copy (t < 5) look at t - 4 (where it exists) in every head and must not count."""
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_embd=16)).eval()
+    ids = repeated_random_tokens(50, 5, batch_size=3, seed=1)
+    T, N = 10, 5
+    pattern = torch.zeros(4, T, T)
+    for t in range(T):
+        pattern[:, t, max(t - 4, 0)] = 1.0
+    for t in range(N, T):
+        pattern[:, t] = 0.0
+        pattern[0, t, t - N + 1] = 1.0
+        pattern[1, t, t - N] = 1.0
+        pattern[2, t, t - N + 2] = 1.0
+        pattern[3, t, t - N + 1], pattern[3, t, t - 1] = 0.25, 0.75
+    from lmforge.interpret.hooks import hooked
+
+    with hooked(model, {"blocks.0.attn.pattern": lambda a: pattern.expand_as(a)}):
+        report = induction_report(model, ids)
+    assert report.scores.tolist() == [[1.0, 0.0, 0.0, 0.25]]
+
+
 def test_span_copy_batches_copy_one_span_and_are_pure_functions_of_the_step():
     task = InductionConfig(vocab_size=1000, seq_len=32, min_span=4)
     batches = SpanCopyBatches(task, batch_size=8, seed=3)
