@@ -171,10 +171,18 @@ def run_recipe(
         curves[n_layer] = report.loss_by_position
         best = int(report.scores.argmax())
         layer, head = divmod(best, task.n_head)
+        far = report.by_offset[:, :, 2:]  # (L, nh, N - 1): keys t - 2 .. t - N, beyond the local heads
+        peak_layer, rest = divmod(int(far.argmax()), far.shape[1] * far.shape[2])
+        peak_head, peak_d = divmod(rest, far.shape[2])
         results["models"][str(n_layer)] = {
             "scores": report.scores.tolist(),
             "max_score": float(report.scores.max()),
             "max_head": [layer, head],
+            "by_offset": report.by_offset.tolist(),
+            # the strongest fixed-distance look-back: weight, [layer, head], key = t - N + shift
+            "peak": float(far.max()),
+            "peak_head": [peak_layer, peak_head],
+            "peak_shift": task.test_half - (peak_d + 2),
             "loss_first": report.loss_first,
             "loss_second": report.loss_second,
             "loss_drop": report.loss_drop,
@@ -185,13 +193,19 @@ def run_recipe(
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """One line per model: best induction score (and where), losses on both copies, the drop."""
-    lines = [f"{'layers':>6} {'best score':>10} {'at':>6} {'loss 1st':>8} {'loss 2nd':>8} {'drop':>6}"]
+    """One line per model: best induction score (and where), losses on both copies, the drop, and the
+    strongest fixed-distance look-back of any head (weight, head, key position t - N + shift)."""
+    lines = [
+        f"{'layers':>6} {'best score':>10} {'at':>6} {'loss 1st':>8} {'loss 2nd':>8} {'drop':>6} "
+        f"{'peak':>6} {'at':>6} {'key':>9}"
+    ]
     for n_layer, r in results["models"].items():
         where = f"L{r['max_head'][0]}H{r['max_head'][1]}"
+        peak_at = f"L{r['peak_head'][0]}H{r['peak_head'][1]}"
+        key = f"t-N{r['peak_shift']:+d}"
         lines.append(
             f"{n_layer:>6} {r['max_score']:>10.3f} {where:>6} {r['loss_first']:>8.3f} "
-            f"{r['loss_second']:>8.3f} {r['loss_drop']:>6.3f}"
+            f"{r['loss_second']:>8.3f} {r['loss_drop']:>6.3f} {r['peak']:>6.3f} {peak_at:>6} {key:>9}"
         )
     return "\n".join(lines) + f"\n(chance loss ln V = {results['chance_loss']:.3f})"
 
