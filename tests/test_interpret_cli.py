@@ -213,7 +213,9 @@ def test_recipe_runs_and_writes_results(tmp_path):
     assert by_offset.shape == (2, 4, 7)
     np.testing.assert_allclose(by_offset[..., 5], np.array(two["scores"]), rtol=1e-6)  # d = N - 1
     layer, head = two["peak_head"]
-    assert two["peak"] == by_offset[:, :, 2:].max() == by_offset[layer, head, 6 - two["peak_shift"]]
+    assert (
+        layer == 1 and two["peak"] == by_offset[1, :, 2:].max() == by_offset[1, head, 6 - two["peak_shift"]]
+    )
     table = results_table(saved)
     assert f"L{layer}H{head}" in table and f"t-N{two['peak_shift']:+d}" in table
     assert (tmp_path / "plots" / "induction.png").exists()
