@@ -96,6 +96,8 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
         capsys, "interpret", "induction", "--ckpt", str(checkpoint), "--half", "8", "--rows", "4"
     )
     assert code == 0 and "layer  1:" in out and "drop" in out
+    look_back = out.split("look-back")[1].splitlines()[1:3]  # one line per layer, 2 heads each
+    assert [line.count("@ t-N") for line in look_back] == [2, 2]
 
 
 @pytest.mark.parametrize(

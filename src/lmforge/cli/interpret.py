@@ -79,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "induction",
         help="repeated random tokens: induction score per head and the in-context loss drop",
         description="Feed sequences of N random tokens followed by the same N tokens, and print each "
-        "head's induction score (attention from a token to the one after its previous occurrence) and the "
-        "loss on the first copy against the repeat.",
+        "head's induction score (attention from a token to the one after its previous occurrence), its "
+        "strongest fixed-distance look-back, and the loss on the first copy against the repeat.",
     )
     _add_model_options(i)
     i.add_argument(
@@ -291,6 +291,11 @@ def run_induction(args: argparse.Namespace) -> int:
     print("induction score per head (rows: layers, columns: heads)")
     for layer, row in enumerate(report.scores):
         print(f"layer {layer:>2}: " + " ".join(f"{float(s):.3f}" for s in row))
+    half = args.half
+    print("strongest look-back per head beyond the previous token: weight @ key t-N+shift")
+    for layer, heads in enumerate(report.by_offset[:, :, 2:]):  # (nh, N - 1): keys t - 2 .. t - N
+        cells = [f"{float(h.max()):.3f} @ t-N{half - (int(h.argmax()) + 2):+d}" for h in heads]
+        print(f"layer {layer:>2}: " + "  ".join(cells))
     print(
         f"loss on the first copy {report.loss_first:.3f}, on the repeat {report.loss_second:.3f} "
         f"(drop {report.loss_drop:.3f} nats)"
