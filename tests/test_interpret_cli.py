@@ -98,6 +98,10 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
     assert code == 0 and "layer  1:" in out and "drop" in out
     look_back = out.split("look-back")[1].splitlines()[1:3]  # one line per layer, 2 heads each
     assert [line.count("@ t-N") for line in look_back] == [2, 2]
+    bare = tmp_path / "no-tokenizer"  # the recipe's checkpoints: random ids, no tokenizer; enough here
+    GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_embd=8, block_size=16)).save_checkpoint(bare, meta={})
+    code, out, _ = run(capsys, "interpret", "induction", "--ckpt", str(bare), "--half", "4", "--rows", "2")
+    assert code == 0 and "layer  0:" in out and "layer  1:" not in out
 
 
 @pytest.mark.parametrize(

@@ -186,11 +186,12 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the windows and the SAE")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace, *, require_tokenizer: bool = True) -> tuple[Any, Any]:
     from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
 
-    model, tokenizer, _ = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
+    ckpt = resolve_checkpoint(args.ckpt, args.model)
+    model, tokenizer, _ = load_checkpoint(ckpt, require_tokenizer=require_tokenizer)
     return model.float(), tokenizer
 
 
@@ -281,7 +282,7 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_induction(args: argparse.Namespace) -> int:
     from lmforge.interpret.induction import induction_report, repeated_random_tokens
 
-    model, _ = _load(args)
+    model, _ = _load(args, require_tokenizer=False)  # random token ids: no text in or out
     if not 2 <= args.half <= model.config.block_size // 2:
         raise ConfigError(f"--half must be between 2 and {model.config.block_size // 2} (half the context)")
     if args.rows < 1:
