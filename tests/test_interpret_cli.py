@@ -12,7 +12,13 @@ from lmforge.cli import main
 from lmforge.errors import ConfigError
 from lmforge.interpret.induction import induction_report, repeated_random_tokens
 from lmforge.models import GPT, GPTConfig
-from lmforge.recipes.induction import InductionConfig, RecipeConfig, SpanCopyBatches, run_recipe
+from lmforge.recipes.induction import (
+    InductionConfig,
+    RecipeConfig,
+    SpanCopyBatches,
+    results_table,
+    run_recipe,
+)
 from lmforge.tokenizers import CharTokenizer
 from lmforge.training.config import OptimSection, TrainSection
 
@@ -90,6 +96,12 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
         capsys, "interpret", "induction", "--ckpt", str(checkpoint), "--half", "8", "--rows", "4"
     )
     assert code == 0 and "layer  1:" in out and "drop" in out
+    look_back = out.split("look-back")[1].splitlines()[1:3]  # one line per layer, 2 heads each
+    assert [line.count("@ t-N") for line in look_back] == [2, 2]
+    bare = tmp_path / "no-tokenizer"  # the recipe's checkpoints: random ids, no tokenizer; enough here
+    GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_embd=8, block_size=16)).save_checkpoint(bare, meta={})
+    code, out, _ = run(capsys, "interpret", "induction", "--ckpt", str(bare), "--half", "4", "--rows", "2")
+    assert code == 0 and "layer  0:" in out and "layer  1:" not in out
 
 
 @pytest.mark.parametrize(
@@ -130,6 +142,41 @@ def test_induction_report_on_a_hand_made_induction_model():
         induction_report(model, torch.arange(8)[None])
 
 
+def test_induction_score_reads_only_the_token_after_the_previous_occurrence():
+    """Four hand-built heads on N = 5 (T = 10), second-copy rows t = 5..9, keys t - N + 1 = t - 4:
+    head 0 looks at t - 4 (induction): 1; head 1 at t - 5, the previous occurrence itself (a
+    duplicate-token head): 0; head 2 at t - 3 (an induction circuit shifted by one, as the recipe's
+    models first learned): 0; head 3 puts 0.25 on t - 4 and 0.75 on the previous token t - 1: 0.25.
+    Rows of the first copy (t < 5) look at t - 4 (where it exists) in every head and must not count.
+    `by_offset` (key t - d, d = 0..5) puts each head's weight at its own distance: head 0 at d = 4,
+    head 1 at d = 5, head 2 at d = 3, head 3 0.75 at d = 1 and 0.25 at d = 4."""
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_embd=16)).eval()
+    ids = repeated_random_tokens(50, 5, batch_size=3, seed=1)
+    T, N = 10, 5
+    pattern = torch.zeros(4, T, T)
+    for t in range(T):
+        pattern[:, t, max(t - 4, 0)] = 1.0
+    for t in range(N, T):
+        pattern[:, t] = 0.0
+        pattern[0, t, t - N + 1] = 1.0
+        pattern[1, t, t - N] = 1.0
+        pattern[2, t, t - N + 2] = 1.0
+        pattern[3, t, t - N + 1], pattern[3, t, t - 1] = 0.25, 0.75
+    from lmforge.interpret.hooks import hooked
+
+    with hooked(model, {"blocks.0.attn.pattern": lambda a: pattern.expand_as(a)}):
+        report = induction_report(model, ids)
+    assert report.scores.tolist() == [[1.0, 0.0, 0.0, 0.25]]
+    assert report.by_offset.tolist() == [
+        [
+            [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.75, 0.0, 0.0, 0.25, 0.0],
+        ]
+    ]
+
+
 def test_span_copy_batches_copy_one_span_and_are_pure_functions_of_the_step():
     task = InductionConfig(vocab_size=1000, seq_len=32, min_span=4)
     batches = SpanCopyBatches(task, batch_size=8, seed=3)
@@ -167,4 +214,14 @@ def test_recipe_runs_and_writes_results(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert np.array(saved["models"]["2"]["scores"]).shape == (2, 4)
+    two = saved["models"]["2"]
+    by_offset = np.array(two["by_offset"])  # (2, 4, N + 1), N = 6
+    assert by_offset.shape == (2, 4, 7)
+    np.testing.assert_allclose(by_offset[..., 5], np.array(two["scores"]), rtol=1e-6)  # d = N - 1
+    layer, head = two["peak_head"]
+    assert (
+        layer == 1 and two["peak"] == by_offset[1, :, 2:].max() == by_offset[1, head, 6 - two["peak_shift"]]
+    )
+    table = results_table(saved)
+    assert f"L{layer}H{head}" in table and f"t-N{two['peak_shift']:+d}" in table
     assert (tmp_path / "plots" / "induction.png").exists()

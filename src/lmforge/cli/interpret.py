@@ -79,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "induction",
         help="repeated random tokens: induction score per head and the in-context loss drop",
         description="Feed sequences of N random tokens followed by the same N tokens, and print each "
-        "head's induction score (attention from a token to the one after its previous occurrence) and the "
-        "loss on the first copy against the repeat.",
+        "head's induction score (attention from a token to the one after its previous occurrence), its "
+        "strongest fixed-distance look-back, and the loss on the first copy against the repeat.",
     )
     _add_model_options(i)
     i.add_argument(
@@ -186,11 +186,12 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the windows and the SAE")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace, *, require_tokenizer: bool = True) -> tuple[Any, Any]:
     from lmforge.models.builtin import resolve_checkpoint
     from lmforge.models.checkpoints import load_checkpoint
 
-    model, tokenizer, _ = load_checkpoint(resolve_checkpoint(args.ckpt, args.model))
+    ckpt = resolve_checkpoint(args.ckpt, args.model)
+    model, tokenizer, _ = load_checkpoint(ckpt, require_tokenizer=require_tokenizer)
     return model.float(), tokenizer
 
 
@@ -281,7 +282,7 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_induction(args: argparse.Namespace) -> int:
     from lmforge.interpret.induction import induction_report, repeated_random_tokens
 
-    model, _ = _load(args)
+    model, _ = _load(args, require_tokenizer=False)  # random token ids: no text in or out
     if not 2 <= args.half <= model.config.block_size // 2:
         raise ConfigError(f"--half must be between 2 and {model.config.block_size // 2} (half the context)")
     if args.rows < 1:
@@ -291,6 +292,11 @@ def run_induction(args: argparse.Namespace) -> int:
     print("induction score per head (rows: layers, columns: heads)")
     for layer, row in enumerate(report.scores):
         print(f"layer {layer:>2}: " + " ".join(f"{float(s):.3f}" for s in row))
+    half = args.half
+    print("strongest look-back per head beyond the previous token: weight @ key t-N+shift")
+    for layer, heads in enumerate(report.by_offset[:, :, 2:]):  # (nh, N - 1): keys t - 2 .. t - N
+        cells = [f"{float(h.max()):.3f} @ t-N{half - (int(h.argmax()) + 2):+d}" for h in heads]
+        print(f"layer {layer:>2}: " + "  ".join(cells))
     print(
         f"loss on the first copy {report.loss_first:.3f}, on the repeat {report.loss_second:.3f} "
         f"(drop {report.loss_drop:.3f} nats)"

@@ -9,7 +9,8 @@ The recipe (`run_recipe`, driven by `lmforge recipe induction`):
 2. Models. Attention-only GPTs (`GPTConfig.attn_only`), identical except for the number of layers
    (`layers`, default 1 and 2), trained on the same batches with lmforge's trainer.
 3. Test. `lmforge.interpret.induction` on repeated random sequences (N tokens, then the same N again):
-   each head's induction score and the in-context loss drop on the repeat.
+   each head's induction score, the in-context loss drop on the repeat, and the last layer's strongest
+   fixed-distance look-back (the largest mean weight on one key t - d, d >= 2, and where: t - N + shift).
 
 Why one layer is not enough (Elhage et al. 2021): an induction head's query (current token) must match
 a key that holds "the token before me", which exists only after an earlier head has moved the previous
@@ -17,8 +18,8 @@ token into the stream (K-composition). A single layer's keys see token and posit
 it can do is a positional guess or favouring tokens already seen. In this recipe the two-layer model's
 loss on the repeat does fall far below the one-layer model's, but the standard per-head score does not
 follow: its layer-0 heads copy the token 7 or 8 back instead of the previous one, so its induction
-heads attend to t - N + 7 or 8 rather than t - N + 1 (docs/interpret.md, "Why: the two-layer models
-learn a shifted induction circuit").
+heads attend to t - N + 7 or 8 rather than t - N + 1, which the look-back column shows (docs/interpret.md,
+"Why: the two-layer models learn a shifted induction circuit").
 
 Deliberately not here: the analysis itself (`lmforge.interpret.induction`), natural-text training.
 """
@@ -42,7 +43,7 @@ class InductionConfig:
     """[induction] of configs/induction.toml."""
 
     layers: list[int] = field(default_factory=lambda: [1, 2])  # one model per entry, with this many layers
-    vocab_size: int = 32  # random tokens 0 .. vocab_size - 1
+    vocab_size: int = 128  # random tokens 0 .. vocab_size - 1
     seq_len: int = 32  # training context length
     min_span: int = 4  # shortest copied span
     n_head: int = 4  # heads per layer
@@ -171,10 +172,18 @@ def run_recipe(
         curves[n_layer] = report.loss_by_position
         best = int(report.scores.argmax())
         layer, head = divmod(best, task.n_head)
+        # last layer (where induction heads sit), keys t - 2 .. t - N (beyond the local heads): (nh, N - 1)
+        far = report.by_offset[-1, :, 2:]
+        peak_head, peak_d = divmod(int(far.argmax()), far.shape[1])
         results["models"][str(n_layer)] = {
             "scores": report.scores.tolist(),
             "max_score": float(report.scores.max()),
             "max_head": [layer, head],
+            "by_offset": report.by_offset.tolist(),
+            # the last layer's strongest fixed-distance look-back: weight, [layer, head], key t - N + shift
+            "peak": float(far.max()),
+            "peak_head": [n_layer - 1, peak_head],
+            "peak_shift": task.test_half - (peak_d + 2),
             "loss_first": report.loss_first,
             "loss_second": report.loss_second,
             "loss_drop": report.loss_drop,
@@ -185,13 +194,19 @@ def run_recipe(
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """One line per model: best induction score (and where), losses on both copies, the drop."""
-    lines = [f"{'layers':>6} {'best score':>10} {'at':>6} {'loss 1st':>8} {'loss 2nd':>8} {'drop':>6}"]
+    """One line per model: best induction score (and where), losses on both copies, the drop, and the
+    strongest fixed-distance look-back of a last-layer head (weight, head, key position t - N + shift)."""
+    lines = [
+        f"{'layers':>6} {'best score':>10} {'at':>6} {'loss 1st':>8} {'loss 2nd':>8} {'drop':>6} "
+        f"{'peak':>6} {'at':>6} {'key':>9}"
+    ]
     for n_layer, r in results["models"].items():
         where = f"L{r['max_head'][0]}H{r['max_head'][1]}"
+        peak_at = f"L{r['peak_head'][0]}H{r['peak_head'][1]}"
+        key = f"t-N{r['peak_shift']:+d}"
         lines.append(
             f"{n_layer:>6} {r['max_score']:>10.3f} {where:>6} {r['loss_first']:>8.3f} "
-            f"{r['loss_second']:>8.3f} {r['loss_drop']:>6.3f}"
+            f"{r['loss_second']:>8.3f} {r['loss_drop']:>6.3f} {r['peak']:>6.3f} {peak_at:>6} {key:>9}"
         )
     return "\n".join(lines) + f"\n(chance loss ln V = {results['chance_loss']:.3f})"
 
