@@ -232,6 +232,11 @@ def test_rerank_run_trains_through_the_shared_trainer(tiny, tmp_path, monkeypatc
     model, loaded_tokenizer, saved = load_checkpoint(tmp_path / "run" / "model", architecture="bert")
     assert model.config.num_labels == 1 and saved["reranker"]["max_length"] == 32
     assert model.config.classifier_pooling == "mean"  # the trained head's pooling travels with it
+    continued = cross_encoder_from(model, pooling="mean")  # a second run starts from the trained head
+    torch.testing.assert_close(continued.classifier.weight, model.classifier.weight)
+    assert not torch.equal(
+        cross_encoder_from(model, pooling="cls").classifier.weight, model.classifier.weight
+    )
     scores = cross_encoder_scores(model, loaded_tokenizer, "cat", [TEXTS[2], TEXTS[0]], max_length=32)
     assert scores[1] > scores[0]
 

@@ -39,12 +39,15 @@ from lmforge.models.bert import BERT
 
 def cross_encoder_from(encoder: BERT, *, pooling: str = "cls") -> BERT:
     """A BERT with the encoder's weights, no MLM head and a new 1-logit head on the pooler ("cls") or on
-    the mean of the pair's hidden states ("mean")."""
+    the mean of the pair's hidden states ("mean"). A re-ranker with the same pooling keeps its head, so
+    training continues from it."""
     if pooling == "cls" and encoder.pooler is None:
         raise ConfigError("a cross-encoder reads BERT's pooler; this encoder has none (pooler = false)")
     config = dataclasses.replace(encoder.config, num_labels=1, mlm_head=False, classifier_pooling=pooling)
     model = BERT(config)
-    weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("mlm.", "classifier."))}
+    continuing = is_cross_encoder(encoder) and encoder.config.classifier_pooling == pooling
+    dropped = ("mlm.",) if continuing else ("mlm.", "classifier.")
+    weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith(dropped)}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected and all(name.startswith("classifier.") for name in missing), (missing, unexpected)
     return model.to(next(encoder.parameters()).dtype)
