@@ -21,7 +21,13 @@ from lmforge.inference.search import (
     recall_against_exact,
 )
 from lmforge.models import BERT, BERTConfig
-from lmforge.models.cross_encoder import cross_encoder_from, pair_inputs, relevance_logits, relevance_loss
+from lmforge.models.cross_encoder import (
+    cross_encoder_from,
+    listwise_loss,
+    pair_inputs,
+    relevance_logits,
+    relevance_loss,
+)
 
 TEXTS = [
     "the cat sat on the mat",
@@ -136,22 +142,75 @@ def test_cross_encoder_logits_equal_transformers(tiny, tmp_path):
         torch.testing.assert_close(relevance_logits(cross, ids, types, mask), expected)
 
 
+def test_mean_pooled_head_reads_the_masked_mean(tiny, tmp_path):
+    """classifier_pooling = "mean": the logit is Linear(mean of the real tokens' hidden states), padding
+    left out, no pooler needed; transformers' class cannot hold it, so export refuses."""
+    from lmforge.models.convert import to_hf_bert
+
+    tokenizer, encoder = tiny
+    cross = cross_encoder_from(encoder, pooling="mean").eval()
+    ids, types, mask = pair_inputs(tokenizer, ["the cat", "sea"], TEXTS[:2], max_length=32)
+    assert (mask.sum(1) < mask.shape[1]).any()  # one pair is padded
+    with torch.no_grad():
+        hidden = cross.hidden_states(ids, token_type_ids=types, attention_mask=mask)
+        for b in range(2):
+            real = hidden[b, : int(mask[b].sum())]  # (T_b, C)
+            expected = real.mean(0) @ cross.classifier.weight[0] + cross.classifier.bias[0]
+            torch.testing.assert_close(relevance_logits(cross, ids, types, mask)[b], expected)
+    no_pooler = BERT(BERTConfig(vocab_size=10, n_layer=1, n_head=1, n_embd=4, pooler=False))
+    assert cross_encoder_from(no_pooler, pooling="mean").config.classifier_pooling == "mean"
+    with pytest.raises(ConfigError, match="mean pooling"):
+        to_hf_bert(cross, tmp_path)
+
+
 def test_relevance_loss_by_hand():
     """logit 0, relevant: -log σ(0) = ln 2; logit 2, irrelevant: log(1 + e^2) = 2.126928."""
     loss = relevance_loss(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
     assert float(loss) == pytest.approx((math.log(2) + math.log(1 + math.e**2)) / 2, abs=1e-6)
 
 
+def test_listwise_loss_by_hand():
+    """Row [2, 0, 0]: -log(e^2 / (e^2 + 2)) = log(1 + 2 e^-2) = 0.239552; a row of equal logits costs
+    log(1 + k) = log 3 whatever their value; the mean over the two rows."""
+    loss = listwise_loss(torch.tensor([[2.0, 0.0, 0.0], [5.0, 5.0, 5.0]]))
+    assert float(loss) == pytest.approx((math.log(1 + 2 * math.exp(-2)) + math.log(3)) / 2, abs=1e-6)
+    assert float(listwise_loss(torch.tensor([[0.0, 2.0]]))) == pytest.approx(math.log(1 + math.e**2))
+    with pytest.raises(DataError, match="1 \\+ k"):
+        listwise_loss(torch.tensor([1.0, 2.0]))
+
+
+def test_group_batch_scores_each_pair_as_alone(tiny):
+    """group_logits on x (B, G, 3, T) equals relevance_logits of every pair encoded on its own."""
+    from lmforge.training.rerank import group_batch, group_logits, group_loss
+
+    tokenizer, encoder = tiny
+    cross = cross_encoder_from(encoder).eval()
+    groups = [("cat", [TEXTS[0], TEXTS[2], TEXTS[4]]), ("salty sea", [TEXTS[3], TEXTS[1], TEXTS[0]])]
+    x, y = group_batch(tokenizer, groups, 32)
+    assert x.shape[:3] == (2, 3, 3) and y.tolist() == [0, 0]
+    with torch.no_grad():
+        logits = group_logits(cross, torch.from_numpy(x))
+        for b, (query, passages) in enumerate(groups):
+            for g, passage in enumerate(passages):
+                alone = relevance_logits(cross, *pair_inputs(tokenizer, [query], [passage], max_length=32))
+                torch.testing.assert_close(logits[b, g], alone[0])
+    bce = group_loss(logits, "bce")  # mean over the 6 pairs, labels 1 0 0 per row
+    expected = relevance_loss(logits.flatten(), torch.tensor([1.0, 0, 0, 1, 0, 0]))
+    torch.testing.assert_close(bce, expected)
+    with pytest.raises(DataError, match="as many passages"):
+        group_batch(tokenizer, [("cat", TEXTS[:2]), ("sea", TEXTS[:3])], 32)
+
+
 def test_rerank_run_trains_through_the_shared_trainer(tiny, tmp_path, monkeypatch):
-    """A tiny re-ranker on hand-made pairs: the loss falls, model/ is a 1-logit BERT that ranks the
+    """A tiny re-ranker on hand-made groups: the loss falls, model/ is a 1-logit BERT that ranks the
     relevant passages first."""
     from lmforge.models.checkpoints import load_checkpoint
     from lmforge.training import rerank
     from lmforge.training.config import OptimSection, TrainSection
 
     tokenizer, encoder = tiny
-    pairs = [("cat", TEXTS[0], 1.0), ("cat", TEXTS[2], 0.0), ("sea", TEXTS[3], 1.0), ("sea", TEXTS[4], 0.0)]
-    monkeypatch.setattr(rerank, "rerank_pairs", lambda task: (pairs, pairs))
+    groups = [("cat", [TEXTS[0], TEXTS[2], TEXTS[4]]), ("sea", [TEXTS[3], TEXTS[4], TEXTS[0]])]
+    monkeypatch.setattr(rerank, "rerank_groups", lambda task: (groups, groups))
     config = rerank.RerankConfig(
         rerank.RerankSection(max_tokens=32),
         OptimSection(lr=3e-3, min_lr=3e-3, warmup_iters=0, weight_decay=0.0),
@@ -169,9 +228,15 @@ def test_rerank_run_trains_through_the_shared_trainer(tiny, tmp_path, monkeypatc
     )
     meta = {"tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint()}
     results = rerank.run_rerank(config, encoder, tokenizer, meta, log=lambda _: None)
-    assert results["held_out"]["loss"] < 0.4 and results["held_out"]["accuracy"] == 1.0
+    assert results["held_out"]["loss"] < 0.4 and results["held_out"]["mrr"] == 1.0
     model, loaded_tokenizer, saved = load_checkpoint(tmp_path / "run" / "model", architecture="bert")
     assert model.config.num_labels == 1 and saved["reranker"]["max_length"] == 32
+    assert model.config.classifier_pooling == "mean"  # the trained head's pooling travels with it
+    continued = cross_encoder_from(model, pooling="mean")  # a second run starts from the trained head
+    torch.testing.assert_close(continued.classifier.weight, model.classifier.weight)
+    assert not torch.equal(
+        cross_encoder_from(model, pooling="cls").classifier.weight, model.classifier.weight
+    )
     scores = cross_encoder_scores(model, loaded_tokenizer, "cat", [TEXTS[2], TEXTS[0]], max_length=32)
     assert scores[1] > scores[0]
 

@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rerank",
         help="train a cross-encoder re-ranker (BERT, 1-logit head) on Wikipedia-lead query/passage pairs",
         description="Train a cross-encoder on [CLS] query [SEP] passage [SEP] pairs from the Wikipedia leads "
-        "(binary cross-entropy; BM25 and random negatives), starting from a BERT's weights. model/ is what "
-        "'lmforge search --rerank' reads.",
+        "(rerank.loss: listwise softmax over each query's passage and its BM25 and random negatives, or "
+        "binary cross-entropy), starting from a BERT's weights (or continuing a re-ranker's: --ckpt its "
+        "model/). model/ is what 'lmforge search --rerank' reads.",
         epilog="example:\n  lmforge finetune rerank --model all-minilm-l6-v2 --config "
         "configs/rerank-wiki.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,

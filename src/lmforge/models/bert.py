@@ -61,6 +61,10 @@ class BERTConfig:
     pooler: bool = True  # tanh(dense([CLS])) layer that the classification head reads
     mlm_head: bool = True  # masked-LM head (dense, activation, LayerNorm, decoder tied to the embeddings)
     num_labels: int = 0  # classes of the sequence-classification head on the pooler; 0: no such head
+    # what the classification head reads: "cls" (the pooler, tanh(dense(h[CLS])), as BERT and HF) or
+    # "mean" (the mean of the last hidden states over real tokens, what a sentence-embedding model such
+    # as all-MiniLM-L6-v2 was trained to make meaningful; its pooler never was)
+    classifier_pooling: str = "cls"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "type_vocab_size", "n_layer", "n_head", "n_embd"):
@@ -95,10 +99,16 @@ class BERTConfig:
             )
         check(is_int(self.num_labels, 0), "BERTConfig.num_labels", self.num_labels, "use an integer >= 0")
         check(
-            self.num_labels == 0 or self.pooler,
+            self.classifier_pooling in POOLINGS,
+            "BERTConfig.classifier_pooling",
+            self.classifier_pooling,
+            f"choose one of {', '.join(POOLINGS)}",
+        )
+        check(
+            self.num_labels == 0 or self.pooler or self.classifier_pooling == "mean",
             "BERTConfig.num_labels",
             self.num_labels,
-            "the classification head reads the pooler: set pooler = true",
+            "the classification head reads the pooler: set pooler = true (or classifier_pooling = mean)",
         )
 
     @property
@@ -274,11 +284,17 @@ class BERT(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class logits (B, num_labels) from the pooled [CLS] vector; their cross-entropy with labels (B,)."""
+        """Class logits (B, num_labels) from the pooled [CLS] vector (or, with classifier_pooling = "mean",
+        the masked mean of the hidden states); their cross-entropy with labels (B,)."""
         if self.classifier is None:
             raise ConfigError("this BERT has no classification head (num_labels = 0)")
         x = self.hidden_states(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)
-        logits = self.classifier(self.classifier_drop(self.pooled(x)))  # (B, num_labels)
+        if self.config.classifier_pooling == "mean":
+            mask = torch.ones_like(idx) if attention_mask is None else attention_mask
+            features = pool(x, mask, pooling="mean")  # (B, C)
+        else:
+            features = self.pooled(x)  # (B, C)
+        logits = self.classifier(self.classifier_drop(features))  # (B, num_labels)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return logits, loss
 

@@ -589,6 +589,11 @@ def to_hf_bert(model: BERT, directory: str | Path, *, pad_id: int | None = 0) ->
     (with a classification head), `BertForMaskedLM` (with an MLM head) or `BertModel`; returns which.
     `pad_id` becomes config.json's pad_token_id (BERT's [PAD] is 0)."""
     c = model.config
+    if c.num_labels and c.classifier_pooling != "cls":
+        raise ConfigError(
+            f"cannot export a classifier on {c.classifier_pooling} pooling: transformers' "
+            "BertForSequenceClassification reads the pooler ([CLS]) only"
+        )
     if c.mlm_head and c.num_labels:
         raise ConfigError(
             "cannot export a BERT with both a masked-LM and a classification head: no transformers class "
