@@ -7,7 +7,8 @@ vectors) -> checkpoint I/O. Attention is `layers.CausalSelfAttention` with `caus
 mask, the MLP `layers.MLP` with the exact (erf) GELU, so that `convert.py` maps Hugging Face's
 `BertModel` / `BertForMaskedLM` / `BertForSequenceClassification` weight for weight.
 
-    model(ids, targets)                       -> (MLM logits (B, T, V), loss on targets != IGNORE_INDEX)
+    model(ids)                                -> (MLM logits (B, T, V), None)
+    model(ids, targets)                       -> (MLM logits (N, V) of the N scored targets, their loss)
     model.hidden_states(ids, attention_mask=) -> (B, T, C), what sentence embeddings pool
     model.classify(ids, labels)               -> (class logits (B, num_labels), cross-entropy)
 
@@ -173,12 +174,12 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ln(F.gelu(self.dense(x), approximate=self.approximate))  # (B, T, C)
-        return F.linear(x, self.embeddings[0].weight, self.bias)  # (B, T, V)
+        x = self.ln(F.gelu(self.dense(x), approximate=self.approximate))  # (..., C)
+        return F.linear(x, self.embeddings[0].weight, self.bias)  # (..., V)
 
 
 class BERT(nn.Module):
-    """Bidirectional encoder. `model(ids, targets)` -> (MLM logits (B, T, V), mean cross-entropy | None)."""
+    """Bidirectional encoder. `model(ids, targets)` -> (MLM logits, mean cross-entropy | None): `forward`."""
 
     def __init__(self, config: BERTConfig):
         super().__init__()
@@ -244,21 +245,27 @@ class BERT(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Masked-LM logits (B, T, V) and the mean cross-entropy over targets != IGNORE_INDEX (the chosen
-        positions of `training.objectives.mask_tokens`); the trainer's `model(x, y)` contract."""
+        """Masked-LM logits and the mean cross-entropy over targets != IGNORE_INDEX (the chosen positions
+        of `training.objectives.mask_tokens`); the trainer's `model(x, y)` contract.
+
+        Without targets: logits at every position, (B, T, V) (fill-mask). With targets: the head runs on
+        the N scored positions only and the logits are (N, V), in the row-major order of
+        `targets != IGNORE_INDEX` (`logits[i]` predicts `targets[targets != IGNORE_INDEX][i]`). The loss
+        is the one of the full (B, T, V) logits with the other positions ignored (what transformers'
+        `BertForMaskedLM` computes), but the head's dense layer and its V-wide decoder, the largest
+        matmul of a small BERT, run on 15% of the positions instead of all of them.
+        """
         if self.mlm is None:
             raise ConfigError(
                 "this BERT has no masked-LM head (a sentence encoder such as all-minilm-l6-v2 ships only the "
                 "encoder); use it for embeddings, or pretrain a BERT with an MLM head"
             )
         x = self.hidden_states(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)
-        logits = self.mlm(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
+        if targets is None:
+            return self.mlm(x), None  # (B, T, V)
+        scored = targets != IGNORE_INDEX  # (B, T)
+        logits = self.mlm(x[scored])  # (N, C) -> (N, V)
+        return logits, F.cross_entropy(logits.float(), targets[scored])
 
     def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooler: tanh(dense(h[CLS])), (B, T, C) -> (B, C); what the classification head reads."""
@@ -286,14 +293,17 @@ class BERT(nn.Module):
         """Number of parameters (the tied MLM decoder counts once, as the token embeddings)."""
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self, *, seq_len: int | None = None) -> int:
-        """Training FLOPs per token, 6 N + 12 n_layer n_embd T, as `GPT.flops_per_token` counts them (N: the
-        matmul parameters, the MLM decoder included; the head runs on every position)."""
+    def flops_per_token(self, *, seq_len: int | None = None, scored_fraction: float = 0.15) -> int:
+        """Training FLOPs per input token, as `GPT.flops_per_token` counts them: 6 N + 12 n_layer n_embd T,
+        where the masked-LM head's matrices (its dense layer and the tied decoder) count only for the
+        `scored_fraction` of positions they run on (`forward` with targets; 15% in masked-LM pretraining)
+        and the other parameters but the embedding tables count fully."""
         c = self.config
         seq_len = c.block_size if seq_len is None else seq_len
         embeddings = self.wte.weight.numel() + self.wpe.weight.numel() + self.wtt.weight.numel()
-        matmul_params = self.num_params() - embeddings + (self.wte.weight.numel() if self.mlm else 0)
-        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+        head = self.mlm.dense.weight.numel() + self.wte.weight.numel() if self.mlm else 0
+        per_position = self.num_params() - embeddings - (self.mlm.dense.weight.numel() if self.mlm else 0)
+        return round(6 * (per_position + scored_fraction * head) + 12 * c.n_layer * c.n_embd * seq_len)
 
     # --- checkpoints --------------------------------------------------------------------------------
 
