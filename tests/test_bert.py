@@ -82,6 +82,17 @@ def test_masked_lm_head_on_the_scored_positions_only_equals_the_full_head():
     assert model(ids)[0].shape == (3, 12, 50)  # without targets (fill-mask): every position
 
 
+def test_flops_per_token_counts_the_mlm_head_at_the_scored_fraction():
+    """TINY (V=50, C=16, 2 layers, MLP 64, T=16), by hand: 8,306 parameters; the embedding tables (wte 800,
+    wpe 256, wtt 32) and the head's dense matrix (256) leave 6,962 that run at every position; the head's
+    matrices (dense 256 + tied decoder 800 = 1,056) run at 15% of them: 158.4. 6 x (6,962 + 158.4) +
+    12 x 2 x 16 x 16 = 42,722.4 + 6,144 = 48,866."""
+    model = BERT(BERTConfig(**TINY))
+    assert model.num_params() == 8306
+    assert model.flops_per_token() == 48866
+    assert model.flops_per_token(scored_fraction=1.0) == 6 * (6962 + 1056) + 6144
+
+
 def test_evaluate_lm_accuracy_with_logits_of_the_scored_positions_only():
     """evaluate_lm's accuracy for a model whose logits are (N, V) for the N scored targets. Targets
     [[7, -100, 3], [-100, 5, -100]] -> scored 7, 3, 5; the stub predicts 7, 4, 5 -> accuracy 2/3; the
