@@ -55,6 +55,61 @@ def test_checkpoint_round_trip_and_tied_head(tmp_path):
         BERT(BERTConfig(**TINY, mlm_head=False))(ids)
 
 
+def test_masked_lm_head_on_the_scored_positions_only_equals_the_full_head():
+    """With targets, `forward` runs the MLM head on the scored positions only, logits (N, V); they, the
+    loss and every gradient equal the full (B, T, V) head's with the other positions ignored (what
+    transformers computes: tests/parity/test_bert_hf.py compares the loss and gradients with it)."""
+    torch.manual_seed(0)
+    model = BERT(BERTConfig(**TINY))
+    ids = torch.randint(5, 50, (3, 12))
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    targets[0, 2], targets[1, 0], targets[1, 11], targets[2, 7] = 9, 10, 11, 12  # row-major: 4 targets
+    logits, loss = model(ids, targets)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]  # all but the pooler's
+    model.zero_grad()
+    full = model.mlm(model.hidden_states(ids))  # (B, T, V)
+    full_loss = torch.nn.functional.cross_entropy(
+        full.view(-1, 50), targets.view(-1), ignore_index=IGNORE_INDEX
+    )
+    full_loss.backward()
+    assert logits.shape == (4, 50)
+    torch.testing.assert_close(logits, full[targets != IGNORE_INDEX])
+    torch.testing.assert_close(logits[3], full[2, 7])  # the last scored position, in row-major order
+    torch.testing.assert_close(loss, full_loss)
+    for got, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
+        torch.testing.assert_close(got, p.grad)
+    assert model(ids)[0].shape == (3, 12, 50)  # without targets (fill-mask): every position
+
+
+def test_flops_per_token_counts_the_mlm_head_at_the_scored_fraction():
+    """TINY (V=50, C=16, 2 layers, MLP 64, T=16), by hand: two blocks of 3,280 (see the test below) run at
+    every position; the MLM head (dense 16 x 16 + 16, norm 32, decoder bias 50, tied decoder 800 = 1,154)
+    at 15% of them: 173.1; the embedding lookups and the pooler (unused in pretraining) not at all.
+    6 x (6,560 + 173.1) + 12 x 2 x 16 x 16 = 40,398.6 + 6,144 = 46,542.6 -> 46,543."""
+    model = BERT(BERTConfig(**TINY))
+    assert model.num_params() == 8306
+    assert model.flops_per_token() == 46543
+    assert model.flops_per_token(scored_fraction=1.0) == 6 * (6560 + 1154) + 6144
+
+
+def test_evaluate_lm_accuracy_with_logits_of_the_scored_positions_only():
+    """evaluate_lm's accuracy for a model whose logits are (N, V) for the N scored targets. Targets
+    [[7, -100, 3], [-100, 5, -100]] -> scored 7, 3, 5; the stub predicts 7, 4, 5 -> accuracy 2/3; the
+    loss it returns (1.5) is the mean over the 3 targets."""
+    from lmforge.evaluation.metrics import evaluate_lm
+
+    class Stub(torch.nn.Module):
+        def forward(self, x, y):
+            logits = torch.zeros(3, 10)
+            logits[0, 7] = logits[1, 4] = logits[2, 5] = 1.0
+            return logits, torch.tensor(1.5)
+
+    y = torch.tensor([[7, IGNORE_INDEX, 3], [IGNORE_INDEX, 5, IGNORE_INDEX]])
+    metrics = evaluate_lm(Stub(), [(torch.zeros_like(y), y)])
+    assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["loss"] == 1.5 and metrics["tokens"] == 3
+
+
 def test_mask_tokens_statistics():
     """200,000 positions, 10% of them special: 180,000 maskable, of which 15% = 27,000 expected chosen;
     of those 80% -> [MASK] (21,600), 10% random (2,700, of which 1/50 equal the original by chance),
@@ -146,6 +201,33 @@ def test_a_vocab_size_without_room_for_the_mask_id_is_refused(tmp_path, tiny_dat
     assert not (tmp_path / "run").exists()
 
 
+def test_mlm_pretraining_starts_at_the_unigram_baseline(tmp_path, tiny_dataset):
+    """The trainer sets the MLM decoder's bias to the log unigram frequencies of the training tokens, so
+    the untrained model already scores the baseline instead of ln V (the zero bias of BERT's init): one
+    step at lr 1e-7 (warmup 10,000 steps) leaves it within the small logits of the random hidden states
+    (std about 0.02 x sqrt(32) = 0.11) of unigram_loss on the same ~75 masked tokens, far below
+    ln 66 = 4.19, where a zero bias would start."""
+    from lmforge.training.config import load_config
+    from lmforge.training.trainer import train_from_config
+
+    overrides = [
+        *TINY_TRAIN,
+        "model.architecture=bert",
+        "model.dropout=0.0",
+        f"data.dir={tiny_dataset}",
+        f"train.out_dir={tmp_path / 'run'}",
+        "train.max_iters=1",
+        "train.eval_interval=1",
+        "train.eval_batches=8",
+        "optim.lr=1e-3",
+        "optim.warmup_iters=10000",
+    ]
+    result = train_from_config(load_config(None, overrides=overrides))
+    baseline = result.last_eval["unigram_loss"]
+    assert baseline < math.log(66) - 0.3
+    assert result.last_eval["loss"] == pytest.approx(baseline, abs=0.15)
+
+
 def test_config_architecture_round_trip(tmp_path):
     from lmforge.training.config import load_config, to_toml
 
@@ -167,13 +249,15 @@ def test_flops_per_token_worked_by_hand():
     """L=2, C=16, MLP 64, V=100, T=32. A block: c_attn 16*48 + 48 = 816, c_proj 16*16 + 16 = 272,
     c_fc 16*64 + 64 = 1088, c_proj 64*16 + 16 = 1040, two LayerNorms 2 * 32: 3280; two blocks 6560.
     Attention 12 * L * C * T = 12 * 2 * 16 * 32 = 12288.
-    MLM pretraining, every position also runs the head: dense 272 + norm 32 + bias 100 + tied decoder
-    100 * 16 = 1600 -> 6 * (6560 + 2004) + 12288 = 63672.
+    MLM pretraining, the head (dense 272 + norm 32 + bias 100 + tied decoder 100 * 16 = 1600) at every
+    position: 6 * (6560 + 2004) + 12288 = 63672; at the 15% it runs on: 6 * (6560 + 300.6) + 12288 =
+    53451.6 -> 53452.
     Cross-encoder (no MLM head, pooler 272 and 1-logit classifier 17 once per sequence):
     6 * 6560 + 12288 + 6 * 289 / 32 = 51702.19 -> 51702 (the old count, 6 * 6849 + attention at the
     block size 64, gave 65670)."""
     config = BERTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=2, n_embd=16)
-    assert BERT(config).flops_per_token(seq_len=32) == 63672
+    assert BERT(config).flops_per_token(seq_len=32, scored_fraction=1.0) == 63672
+    assert BERT(config).flops_per_token(seq_len=32) == 53452
     cross_encoder = BERT(BERTConfig(**(config.__dict__ | {"mlm_head": False, "num_labels": 1})))
     assert cross_encoder.flops_per_token(seq_len=32) == 51702
     assert cross_encoder.flops_per_token() == 6 * 6560 + 12 * 2 * 16 * 64 + round(6 * 289 / 64)

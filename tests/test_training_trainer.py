@@ -694,18 +694,20 @@ def test_a_resumed_run_counts_its_progress_from_the_step_it_resumed_at(
 
 
 def test_mfu_of_a_cross_encoder_counts_positions_not_stacked_rows(dataset_dir: Path, tmp_path: Path) -> None:
-    """A re-ranker's batch x is (B, 3, T): ids, token types and mask per pair. Tokens are B * T = 4 * 8 =
-    32 a step (not the 96 elements), and each row's mfu / tokens_per_s = flops_per_token at the batch's
-    T = 8 over the 1 TFLOP/s peak: 6 * 6560 + 12 * 2 * 16 * 8 + 6 * 289 / 8 = 42648.75 -> 42649 (the
-    blocks' 6560 and the heads' 289 parameters as in test_bert's worked example), where the old count
-    (3x the tokens, attention at block_size 64, heads on every position) gave 3 * 65670."""
+    """A re-ranker's batch x is (B, G, 3, T): ids, token types and mask of each query's G pairs. Tokens
+    are B * G * T = 2 * 2 * 8 = 32 a step (not the 96 elements), and each row's mfu / tokens_per_s =
+    flops_per_token at the batch's T = 8 over the 1 TFLOP/s peak: 6 * 6560 + 12 * 2 * 16 * 8 +
+    6 * 289 / 8 = 42648.75 -> 42649 (the blocks' 6560 and the heads' 289 parameters as in test_bert's
+    worked example), where the old count (3x the tokens, attention at block_size 64, heads on every
+    position) gave 3 * 65670."""
     from lmforge.models import BERT, BERTConfig
-    from lmforge.training.rerank import pair_objective
+    from lmforge.training.rerank import group_logits, group_loss
 
     class PairBatches:
         def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-            ids = torch.randint(1, 100, (4, 8))
-            return torch.stack([ids, torch.zeros_like(ids), torch.ones_like(ids)], dim=1), torch.ones(4)
+            ids = torch.randint(1, 100, (2, 2, 8))
+            x = torch.stack([ids, torch.zeros_like(ids), torch.ones_like(ids)], dim=2)  # (2, 2, 3, 8)
+            return x, torch.zeros(2, dtype=torch.long)
 
         def state_dict(self) -> dict:
             return {}
@@ -721,7 +723,12 @@ def test_mfu_of_a_cross_encoder_counts_positions_not_stacked_rows(dataset_dir: P
     )
     optimizer = build_optimizer(model, run.optim)
     trainer = Trainer(
-        model, optimizer, PairBatches(), optim=run.optim, train=run.train, objective=pair_objective
+        model,
+        optimizer,
+        PairBatches(),
+        optim=run.optim,
+        train=run.train,
+        objective=lambda m, x, y: group_loss(group_logits(m, x), "listwise"),
     )
     trainer.fit()
     assert trainer.tokens_seen == 2 * 32

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
+
+BUILTIN_TOKENIZER = "all-minilm-l6-v2"  # --tokenizer may name this built-in encoder's WordPiece vocabulary
 
 PREPARE_EPILOG = """\
 sources:
@@ -19,8 +22,9 @@ output (DIR):
   followed by <|endoftext|>; meta.json (dtype, tokenizer, counts, sources, command); report.txt.
   The directory appears only when complete.
 
-example:
+examples:
   lmforge data prepare --source shakespeare --tokenizer tok.json --out data/shakespeare --val 0.1
+  lmforge data prepare --source wiki-leads --tokenizer all-minilm-l6-v2 --out data/wiki-bert --val 0.05
 """
 
 
@@ -54,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer",
         required=True,
         metavar="TOKENIZER_JSON",
-        help="path of a tokenizer.json (any kind lmforge saves); needs <|endoftext|>",
+        help="path of a tokenizer.json (any kind lmforge saves, or a Hugging Face one), or "
+        f"{BUILTIN_TOKENIZER} for that built-in encoder's WordPiece vocabulary (BERT's uncased 30,522 "
+        "entries); needs <|endoftext|> ([SEP] for WordPiece)",
     )
     prep.add_argument("--out", required=True, metavar="DIR", help="the dataset directory to create")
     prep.add_argument("--val", type=float, default=0.05, help="fraction of documents for val (default: 0.05)")
@@ -129,9 +135,14 @@ def run_prepare(args: argparse.Namespace) -> int:
         max_dup_line_fraction=args.max_dup_lines,
         max_line_length=args.max_line_length,
     )
+    tokenizer = args.tokenizer
+    if tokenizer == BUILTIN_TOKENIZER and not Path(tokenizer).exists():
+        from lmforge.models.builtin import minilm_dir
+
+        tokenizer = minilm_dir() / "tokenizer.json"
     prepare(
         args.source,
-        tokenizer=args.tokenizer,
+        tokenizer=tokenizer,
         out=args.out,
         text_field=args.text_field,
         on_bad_record=args.on_bad_record,
@@ -164,8 +175,6 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from lmforge.data.prepare import format_report
     from lmforge.data.shards import SPLITS, check_token_ids, load_meta, open_split
     from lmforge.tokenizers import tokenizer_from_dict

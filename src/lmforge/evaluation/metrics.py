@@ -1,5 +1,5 @@
 """Language-model metrics: mean loss over a split, perplexity, bits-per-byte, next-token (or masked-token)
-accuracy, and the unigram baseline of a masked-LM.
+accuracy, and the unigram distribution and baseline of a masked-LM.
 
 - Perplexity is exp(mean loss in nats per token): the effective number of equally likely choices.
 - Bits-per-byte divides the total loss by the number of UTF-8 bytes the tokens stand for, not the number
@@ -50,13 +50,19 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
 
 
+def unigram_logprobs(train_tokens: np.ndarray, *, vocab_size: int) -> torch.Tensor:
+    """log p(id) (V,) float64 from the token frequencies of `train_tokens`, add-one smoothed (an id never
+    seen keeps a small probability). Example: train [0, 0, 1], vocab 3 -> log((3, 2, 1) / 6)."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size)[:vocab_size] + 1
+    return torch.from_numpy(np.log(counts / counts.sum()))  # (V,)
+
+
 def unigram_loss(train_tokens: np.ndarray, targets: Sequence[torch.Tensor], *, vocab_size: int) -> float:
-    """Mean cross-entropy (nats) of the scored targets under the unigram distribution of `train_tokens`,
-    add-one smoothed: the loss of a model that knows token frequencies and nothing of context, the
+    """Mean cross-entropy (nats) of the scored targets under the unigram distribution of `train_tokens`
+    (`unigram_logprobs`): the loss of a model that knows token frequencies and nothing of context, the
     baseline a masked-LM must beat. Example: train [0, 0, 1], vocab 3 -> p = (3, 2, 1) / 6; targets
     [0, 2] -> (ln 2 + ln 6) / 2 = 1.2425."""
-    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size)[:vocab_size] + 1
-    logp = torch.from_numpy(np.log(counts / counts.sum()))  # (V,)
+    logp = unigram_logprobs(train_tokens, vocab_size=vocab_size)  # (V,)
     scored = torch.cat([t[t != IGNORE_INDEX].reshape(-1) for t in targets])
     if scored.numel() == 0:
         raise ValueError("unigram_loss: the targets contain no scored token")
@@ -75,7 +81,9 @@ def evaluate_lm(
 ) -> dict[str, float]:
     """Token-weighted mean loss, perplexity, accuracy and (given bytes_per_token) bpb of `model`.
 
-    `model(x, y)` must return `(logits, mean loss over non-ignored targets)`, like `lmforge.models.GPT`.
+    `model(x, y)` must return `(logits, mean loss over non-ignored targets)`, like `lmforge.models.GPT`;
+    the logits are (B, T, V), or (N, V) for the N non-ignored targets in row-major order (a BERT's
+    masked-LM head runs on the scored positions only).
     `max_batches=0` uses every batch. The model is put in eval mode and restored afterwards.
     """
     was_training = model.training
@@ -94,7 +102,10 @@ def evaluate_lm(
             total_loss += float(loss) * n  # mean over this batch's targets -> sum
             total_tokens += n
             mask = y != IGNORE_INDEX
-            total_correct += int((logits.argmax(-1)[mask] == y[mask]).sum())
+            predicted = logits.argmax(-1)  # (B, T), or (N,) when the model scored the targets only
+            if predicted.shape == y.shape:
+                predicted = predicted[mask]
+            total_correct += int((predicted == y[mask]).sum())
     finally:
         model.train(was_training)
     if total_tokens == 0:

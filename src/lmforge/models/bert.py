@@ -7,7 +7,8 @@ vectors) -> checkpoint I/O. Attention is `layers.CausalSelfAttention` with `caus
 mask, the MLP `layers.MLP` with the exact (erf) GELU, so that `convert.py` maps Hugging Face's
 `BertModel` / `BertForMaskedLM` / `BertForSequenceClassification` weight for weight.
 
-    model(ids, targets)                       -> (MLM logits (B, T, V), loss on targets != IGNORE_INDEX)
+    model(ids)                                -> (MLM logits (B, T, V), None)
+    model(ids, targets)                       -> (MLM logits (N, V) of the N scored targets, their loss)
     model.hidden_states(ids, attention_mask=) -> (B, T, C), what sentence embeddings pool
     model.classify(ids, labels)               -> (class logits (B, num_labels), cross-entropy)
 
@@ -183,12 +184,12 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ln(F.gelu(self.dense(x), approximate=self.approximate))  # (B, T, C)
-        return F.linear(x, self.embeddings[0].weight, self.bias)  # (B, T, V)
+        x = self.ln(F.gelu(self.dense(x), approximate=self.approximate))  # (..., C)
+        return F.linear(x, self.embeddings[0].weight, self.bias)  # (..., V)
 
 
 class BERT(nn.Module):
-    """Bidirectional encoder. `model(ids, targets)` -> (MLM logits (B, T, V), mean cross-entropy | None)."""
+    """Bidirectional encoder. `model(ids, targets)` -> (MLM logits, mean cross-entropy | None): `forward`."""
 
     def __init__(self, config: BERTConfig):
         super().__init__()
@@ -254,21 +255,27 @@ class BERT(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Masked-LM logits (B, T, V) and the mean cross-entropy over targets != IGNORE_INDEX (the chosen
-        positions of `training.objectives.mask_tokens`); the trainer's `model(x, y)` contract."""
+        """Masked-LM logits and the mean cross-entropy over targets != IGNORE_INDEX (the chosen positions
+        of `training.objectives.mask_tokens`); the trainer's `model(x, y)` contract.
+
+        Without targets: logits at every position, (B, T, V) (fill-mask). With targets: the head runs on
+        the N scored positions only and the logits are (N, V), in the row-major order of
+        `targets != IGNORE_INDEX` (`logits[i]` predicts `targets[targets != IGNORE_INDEX][i]`). The loss
+        is the one of the full (B, T, V) logits with the other positions ignored (what transformers'
+        `BertForMaskedLM` computes), but the head's dense layer and its V-wide decoder, the largest
+        matmul of a small BERT, run on 15% of the positions instead of all of them.
+        """
         if self.mlm is None:
             raise ConfigError(
                 "this BERT has no masked-LM head (a sentence encoder such as all-minilm-l6-v2 ships only the "
                 "encoder); use it for embeddings, or pretrain a BERT with an MLM head"
             )
         x = self.hidden_states(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)
-        logits = self.mlm(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
+        if targets is None:
+            return self.mlm(x), None  # (B, T, V)
+        scored = targets != IGNORE_INDEX  # (B, T)
+        logits = self.mlm(x[scored])  # (N, C) -> (N, V)
+        return logits, F.cross_entropy(logits.float(), targets[scored])
 
     def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooler: tanh(dense(h[CLS])), (B, T, C) -> (B, C); what the classification head reads."""
@@ -302,25 +309,29 @@ class BERT(nn.Module):
         """Number of parameters (the tied MLM decoder counts once, as the token embeddings)."""
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self, *, seq_len: int | None = None) -> int:
+    def flops_per_token(self, *, seq_len: int | None = None, scored_fraction: float = 0.15) -> int:
         """Training FLOPs (forward + backward) per token of the head training runs, counted as
         `GPT.flops_per_token` counts them: 6 N_pos + 12 n_layer n_embd T + 6 N_seq / T, rounded.
 
-        N_pos: the parameters used at every position, i.e. the encoder blocks and, for a model with an
-        MLM head (pretraining), that head with its decoder (the V x C token embeddings; the embedding
-        tables are otherwise lookups, not matmuls). N_seq: parameters used once per sequence, the pooler
-        and classifier of a model without an MLM head (a classifier or cross-encoder), spread over the
-        T tokens of the sequence. A model with both heads is counted as pretraining (MLM).
+        N_pos: the parameters used at every position: the encoder blocks, and for a model with an MLM head
+        (pretraining) that head with its decoder (the V x C token embeddings; the embedding tables are
+        otherwise lookups, not matmuls) weighted by `scored_fraction`, the share of positions it runs on
+        (`forward` with targets runs it on the scored ones only: 15% in masked-LM pretraining). N_seq:
+        parameters used once per sequence, the pooler and classifier of a model without an MLM head (a
+        classifier or cross-encoder), spread over the T tokens. A model with both heads is counted as
+        pretraining (MLM).
         Example (L=2, C=16, inner 64, V=100, T=32): a block has 816 + 272 + 1088 + 1040 + 2 * 32 = 3280
-        parameters; MLM: N_pos = 6560 + (272 + 32 + 100 + 1600) = 8564 -> 51384 + 12 * 2 * 16 * 32 =
-        12288 -> 63672; cross-encoder: 6 * 6560 + 12288 + 6 * (272 + 17) / 32 = 51702.19 -> 51702.
+        parameters; MLM at every position: N_pos = 6560 + (272 + 32 + 100 + 1600) = 8564 -> 51384 +
+        12 * 2 * 16 * 32 = 12288 -> 63672 (at 15%: 6 * (6560 + 300.6) + 12288 = 53451.6 -> 53452);
+        cross-encoder: 6 * 6560 + 12288 + 6 * (272 + 17) / 32 = 51702.19 -> 51702.
         """
         c = self.config
         seq_len = c.block_size if seq_len is None else seq_len
-        per_position = sum(p.numel() for p in self.h.parameters())
+        per_position = float(sum(p.numel() for p in self.h.parameters()))
         per_sequence = 0
         if self.mlm is not None:
-            per_position += sum(p.numel() for p in self.mlm.parameters()) + self.wte.weight.numel()
+            head = sum(p.numel() for p in self.mlm.parameters()) + self.wte.weight.numel()
+            per_position += scored_fraction * head
         else:
             heads = [m for m in (self.pooler, self.classifier) if m is not None]
             per_sequence = sum(p.numel() for m in heads for p in m.parameters())

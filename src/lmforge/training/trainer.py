@@ -95,9 +95,10 @@ EvalFn = Callable[[nn.Module], dict[str, float]]  # model -> metrics, at least {
 
 def batch_positions(x: torch.Tensor) -> int:
     """Sequence positions a batch x feeds the model: rows x length, for ids (B, T) as for inputs that
-    stack k rows per sequence (B, k, T), such as a cross-encoder's ids, token types and mask (k = 3).
-    Example: x of shape (4, 3, 16) -> 64, not its 192 elements."""
-    return x.shape[0] * x.shape[-1]
+    stack k rows per sequence (..., k, T), such as a cross-encoder's ids, token types and mask (k = 3)
+    for each pair, or for each of a query's G pairs (B, G, 3, T).
+    Example: x of shape (4, 3, 16) -> 64, not its 192 elements; (2, 4, 3, 16) -> 128."""
+    return x.numel() if x.dim() <= 2 else x.numel() // x.shape[-2]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -580,10 +581,11 @@ def train_from_config(
     config: Config, *, resume: bool | str | Path = False, overwrite: bool = False
 ) -> TrainResult:
     """Pretraining on the prepared dataset `config.data.dir`, as `lmforge train` runs it: causal LM for a
-    GPT, masked LM for a BERT (`model.architecture = "bert"`, see `mlm_setup`)."""
+    GPT, masked LM for a BERT (`model.architecture = "bert"`, see `mlm_setup`; its MLM decoder bias starts
+    at the log unigram frequencies of the training tokens, so training starts at the unigram baseline)."""
     from lmforge.data.datasets import RandomWindows, sequential_windows, spread_windows
     from lmforge.data.shards import check_token_ids, load_meta, open_split
-    from lmforge.evaluation.metrics import evaluate_lm, unigram_loss
+    from lmforge.evaluation.metrics import evaluate_lm, unigram_logprobs, unigram_loss
     from lmforge.models import BERT, GPT
     from lmforge.tokenizers import tokenizer_from_dict
 
@@ -613,6 +615,8 @@ def train_from_config(
     objective = causal_lm
     if bert:
         objective = masked_lm(mask_id=mask_id, vocab_size=tokenizer.vocab_size, special_ids=special_ids)
+        with torch.no_grad():  # the decoder bias starts at log p(token): the model at the unigram baseline
+            model.mlm.bias.copy_(unigram_logprobs(train_tokens, vocab_size=model_config.vocab_size))
     batches = RandomWindows(
         train_tokens,
         block_size=model_config.block_size,
