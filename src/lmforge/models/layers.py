@@ -217,17 +217,21 @@ class CausalSelfAttention(nn.Module):
         else:
             # One query on the CPU (a decode step): PyTorch's CPU attention kernel runs 3-5x slower in
             # bfloat16 than in float32 at T = 1 (bench/gguf_bench.py's notes), so q, k, v are upcast for it.
-            upcast = T == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            work = torch.float32 if upcast else q.dtype
+            dtype = q.dtype
+            upcast = T == 1 and q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+            if upcast:
+                q, k, v = q.float(), k.float(), v.float()
             y = F.scaled_dot_product_attention(
-                q.to(work),
-                k.to(work),
-                v.to(work),
+                q,
+                k,
+                v,
                 attn_mask=mask,
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=is_causal,
                 enable_gqa=self.n_kv_head != self.n_head,
-            ).to(q.dtype)  # (B, nh, T, hd)
+            )  # (B, nh, T, hd)
+            if upcast:
+                y = y.to(dtype)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
