@@ -310,6 +310,21 @@ def test_keep_4bit_runs_the_files_weights(tmp_path, vocab, ids, qtype):
         model.save_checkpoint(tmp_path / "ckpt")
 
 
+def test_keep_4bit_leaves_an_untied_q4_head_a_float_linear(tmp_path, vocab, ids):
+    """A head whose shape the kernel takes (320 outputs) is still dequantized: the engine and the loss
+    read `lm_head.weight`, which an Int4Linear does not have."""
+    from lmforge.inference import Engine, SamplingParams
+
+    tokens, merges, types = vocab
+    hf = _hf_llama(len(tokens) + 1, tie=False)  # 320 rows: a multiple of 16
+    path = tmp_path / "tiny.gguf"
+    write_llama_gguf(path, hf, [*tokens, "<|pad|>"], merges, [*types, 3], qtype=Q.Q4_1)
+    model = GPT.from_gguf(path, dtype=torch.bfloat16, keep_4bit=True)
+    assert model.config.vocab_size == 320 and isinstance(model.lm_head, torch.nn.Linear)
+    out = Engine(model).generate([ids[0].tolist()], SamplingParams(temperature=0), max_new_tokens=3)[0]
+    assert len(out) == 3
+
+
 def test_tokenizer_matches_transformers_gguf_tokenizer(tmp_path, bpe, vocab):
     path = tmp_path / "tiny.gguf"
     write_llama_gguf(path, _hf_llama(len(vocab[0])), *vocab)

@@ -237,13 +237,9 @@ def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
 
 
 Q4_KINDS = ("Q4_0", "Q4_1")  # the ggml types `keep_4bit` keeps as they are (models.quantized)
-_LINEAR_WEIGHTS = (
-    "lm_head.weight",
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
+# The blocks' matrices only: the LM head stays a float Linear (the training loss, FLOP counts and the
+# engine read `lm_head.weight`), as SmolLM2's tied Q8_0 head does anyway.
+_LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def read_gguf_weights(
