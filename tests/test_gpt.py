@@ -284,3 +284,36 @@ def test_grouped_query_head_h_reads_key_value_head_h_over_group(explicit):
         expected, wrong = reference(lambda h: h // 2), reference(lambda h: h % 2)
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(expected, wrong, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (2, 5, 48), (3, 48)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("eps", [1e-5, None])
+def test_rmsnorm_inference_path_equals_torchs_rmsnorm(shape, dtype, eps):
+    """Without gradients on the CPU, `RMSNorm` computes LayerNorm([x, -x]) (one fused kernel); it must give
+    nn.RMSNorm's values (bf16: within one rounding step), a contiguous result, and the same state dict."""
+    from lmforge.models.layers import RMSNorm
+
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(48, eps=eps), torch.nn.RMSNorm(48, eps=eps)
+    with torch.no_grad():
+        theirs.weight.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
+    x = (torch.randn(shape) * 3 + 1).to(dtype)
+    with torch.no_grad():
+        got, expected = ours(x), theirs(x)
+    assert got.is_contiguous() and got.dtype == dtype and got.shape == x.shape
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.02, rtol=0.01)
+    torch.testing.assert_close(got.float(), expected.float(), **tolerance)
+    # with gradients it is nn.RMSNorm's own path
+    assert torch.equal(ours(x), theirs(x))
+
+
+def test_dropout_modules_only_where_there_is_dropout():
+    """p = 0 builds no dropout module (a no-op that still costs a call per layer when decoding)."""
+    plain = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=16, dropout=0.0))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    dropped = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=16, dropout=0.5))
+    assert sum(isinstance(m, torch.nn.Dropout) for m in dropped.modules()) == 3  # embeddings, attention, MLP
+    assert plain.state_dict().keys() == dropped.state_dict().keys()

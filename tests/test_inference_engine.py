@@ -202,6 +202,43 @@ def test_bfloat16_weights_just_work():
     )
 
 
+@pytest.mark.parametrize("arch", POSITIONS, ids=lambda a: a["pos_encoding"])
+def test_half_precision_model_keeps_a_float32_cache_on_the_cpu(arch, monkeypatch):
+    """A bf16 model's one-token steps attend in float32, so the engine caches keys and values in float32
+    (no upcast of the whole cache per step). Its logits must still be the bf16 model's: against a
+    recomputation without cache, each step within bf16 rounding, and a sliding-window re-prefill (T > 1
+    reading the float32 cache back in bf16) must work."""
+    model = tiny_gpt(seed=7, **arch).to(torch.bfloat16)
+    dtypes = []
+    new_kv_cache = model.new_kv_cache
+
+    def spy(*args, **kwargs):
+        cache = new_kv_cache(*args, **kwargs)
+        dtypes.append(cache.k.dtype)
+        return cache
+
+    monkeypatch.setattr(model, "new_kv_cache", spy)
+    prompt = [3, 14, 15, 9, 2, 6]
+    _, expected_logits = recompute_greedy(model, prompt, 12)
+    errors = {}
+    for dtype in (torch.float32, torch.bfloat16):  # the engine's cache, and the model's own dtype
+        engine, cache = Engine(model), model.new_kv_cache(1, dtype=dtype)
+        with torch.no_grad():
+            logits, worst = engine._prefill([prompt], cache), 0.0
+            for step in range(12):
+                worst = max(worst, float((logits[0].float() - expected_logits[step].float()).abs().max()))
+                logits = engine._decode(torch.tensor([[int(expected_logits[step].argmax())]]), cache)
+        errors[dtype] = worst
+    # bf16 rounding alone moves these logits (scale ~4) by about 0.05 whichever cache is used
+    assert errors[torch.float32] < 0.1 and errors[torch.float32] <= errors[torch.bfloat16] + 0.01, errors
+    dtypes.clear()
+    out = Engine(model, context="sliding").generate([prompt], GREEDY, max_new_tokens=40)
+    assert dtypes == [torch.float32] and len(out[0]) == 40
+    model.float()
+    Engine(model).generate([prompt], GREEDY, max_new_tokens=2)
+    assert dtypes[-1] == torch.float32  # a float32 model's cache: its own dtype
+
+
 def snapshot(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, tuple[int, ...], int]]:
     """Every parameter's values (a copy), strides and data pointer, by name (tied ones under each name)."""
     return {

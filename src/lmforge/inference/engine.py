@@ -19,7 +19,9 @@ positions all restart consistently) and carries on; prompts longer than the wind
 cached keys, which only RoPE would allow.
 
 The engine runs in whatever dtype the model's parameters have (`model.to(torch.bfloat16)` halves the
-bytes read per token, which is what bounds batch-1 decoding on a CPU); sampling is done in float32.
+bytes read per token, which is what bounds batch-1 decoding on a CPU); sampling is done in float32, and
+so are the cached keys and values of a bfloat16 or float16 model on a CPU (its one-token attention runs
+in float32: see `layers.CausalSelfAttention`).
 Kernels: prefill (all prompt tokens at once, a matrix product) runs on oneDNN; the one-token steps
 (a row times each weight matrix) run with oneDNN switched off, on ATen's own kernels, which stream bf16
 weights much faster (figures in BENCHMARKS.md). The switch is torch's global
@@ -54,7 +56,7 @@ CONTEXT_POLICIES = ("error", "sliding")
 
 class Engine:
     """Generates token ids with a GPT (anything with `config`, `forward(idx, kv_cache=, last_only=)` and
-    `new_kv_cache(B, max_length=, left_padding=)`)."""
+    `new_kv_cache(B, max_length=, left_padding=, dtype=)`)."""
 
     def __init__(self, model: torch.nn.Module, *, compile: bool = False, context: str = "error"):
         if context not in CONTEXT_POLICIES:
@@ -145,7 +147,13 @@ class Engine:
                 counts = torch.zeros(B, self.vocab_size, device=device)
 
             total = max(map(len, history)) + max_new_tokens
-            cache = self.model.new_kv_cache(B, max_length=min(total, self.block_size))
+            # half-precision weights on a CPU: float32 keys/values, because each one-token step attends in
+            # float32 (layers.py) and would otherwise upcast the whole cache of every layer at every step
+            weight_dtype = self.model.lm_head.weight.dtype
+            half = device.type == "cpu" and weight_dtype in (torch.bfloat16, torch.float16)
+            cache = self.model.new_kv_cache(
+                B, max_length=min(total, self.block_size), dtype=torch.float32 if half else weight_dtype
+            )
             logits = self._prefill(history, cache)  # (B, V)
             finished = torch.zeros(B, dtype=torch.bool, device=device)
             for step in range(max_new_tokens):

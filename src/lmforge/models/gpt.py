@@ -11,9 +11,10 @@ Deliberately not here: sampling/generation (`lmforge.inference`), the training l
 
 KV cache API (used by `lmforge.inference`):
 
-    cache = model.new_kv_cache(batch_size, max_length=None, left_padding=None)
-        Preallocates keys/values for every layer, (n_layer, B, n_kv_head, max_length, head_dim), in the
-        model's parameter dtype and device. max_length defaults to (and may not exceed) block_size.
+    cache = model.new_kv_cache(batch_size, max_length=None, left_padding=None, dtype=None)
+        Preallocates keys/values for every layer, (n_layer, B, n_kv_head, max_length, head_dim), on the
+        model's device, in `dtype` (default: the model's parameter dtype). max_length defaults to (and
+        may not exceed) block_size.
         left_padding: per-row count of pad slots when prompts of different lengths are LEFT-padded to
         one length (e.g. [2, 0] for prompts of 3 and 5 tokens padded to 5); pad ids may be any valid id.
         `cache.reset(left_padding=...)` reuses the memory for a new batch.
@@ -45,7 +46,15 @@ from torch import nn
 from lmforge.errors import ConfigError, FormatError
 from lmforge.fileio import atomic_write_json, load_safetensors, read_json, save_safetensors
 from lmforge.models.config import GPTConfig
-from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, rope_tables, sinusoidal_table
+from lmforge.models.layers import (
+    MLP,
+    CausalSelfAttention,
+    KVCache,
+    dropout_layer,
+    make_norm,
+    rope_tables,
+    sinusoidal_table,
+)
 from lmforge.models.quantized import Int4Linear, Q4Weight
 
 # Targets equal to this are not scored by the loss (torch's default ignore_index): padding, prompt tokens
@@ -102,7 +111,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
+                drop=dropout_layer(config.dropout),
                 h=nn.ModuleList(Block(config, layer) for layer in range(config.n_layer)),
                 # post-norm blocks already end in a norm, so only pre-norm needs a final one
                 ln_f=make_norm(config.norm, config.n_embd, bias=config.bias, eps=config.norm_eps)
@@ -203,8 +212,10 @@ class GPT(nn.Module):
         *,
         max_length: int | None = None,
         left_padding: Sequence[int] | torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """Preallocate a KV cache for `batch_size` rows of up to `max_length` (default block_size) slots."""
+        """Preallocate a KV cache for `batch_size` rows of up to `max_length` (default block_size) slots,
+        in `dtype` (default: the weights')."""
         max_length = self.config.block_size if max_length is None else max_length
         if not 1 <= max_length <= self.config.block_size:
             raise ConfigError(f"KV cache max_length must be in [1, block_size={self.config.block_size}]")
@@ -215,7 +226,7 @@ class GPT(nn.Module):
             n_kv_head=self.config.n_kv_head,
             head_dim=self.config.head_dim,
             max_length=max_length,
-            dtype=weight.dtype,
+            dtype=weight.dtype if dtype is None else dtype,
             device=weight.device,
             left_padding=left_padding,
         )

@@ -4,8 +4,8 @@ What is here: `CausalSelfAttention` (fused q/k/v projection, grouped-query atten
 embeddings, `F.scaled_dot_product_attention`; `causal=False` with a padding mask serves encoders such
 as BERT and the ViT), `KVCache` (preallocated keys/values of every layer for one-token-at-a-time
 decoding, with left padding for batches of prompts of different lengths), `MLP` (gelu / gelu_exact /
-swiglu / relu2), `make_norm` (LayerNorm / RMSNorm) and the position tables (`sinusoidal_table`,
-`rope_tables`, `apply_rope`).
+swiglu / relu2), `make_norm` (LayerNorm / `RMSNorm`), `dropout_layer` and the position tables
+(`sinusoidal_table`, `rope_tables`, `apply_rope`).
 
 Deliberately not here: the models themselves (`gpt.py`, `bert.py`), sampling and the generation loop
 (`lmforge.inference`), parallelism, compilation or quantization (applied from outside).
@@ -185,7 +185,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = dropout_layer(dropout)
         # Interpretability opt-in: SDPA never materialises the attention weights, so no hook can see them.
         # With `explicit_pattern = True` the weights are computed by hand and passed through `pattern`
         # (an identity, no parameters), where forward hooks can read or replace them (lmforge.interpret).
@@ -203,24 +203,27 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.shape
         hd = self.head_dim
-        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        heads = self.c_attn(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
+        qk, v = heads.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)  # v: (B, nkv, T, hd)
+        if rope is not None:  # queries and keys rotated together: one set of ops, not two (decode speed)
+            qk = apply_rope(qk, *rope)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, S, hd) with S = filled + T
         is_causal = self.causal and mask is None and T > 1 and k.size(2) == T
+        # One query on the CPU (a decode step) in half precision: PyTorch's CPU attention kernel runs 3-5x
+        # slower in bfloat16 than in float32 at T = 1 (bench/gguf_bench.py's notes), so it runs in float32.
+        # The inference engine keeps such a model's cache in float32 already, so that the cached keys and
+        # values are not upcast at every step; a prefill reads that cache back in q's dtype.
+        dtype = q.dtype
+        upcast = T == 1 and q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+        if upcast:
+            q, k, v = q.float(), k.float(), v.float()  # k and v: no-ops for a float32 cache
+        elif k.dtype != dtype:  # only a cache in another dtype makes them differ
+            k, v = k.to(dtype), v.to(dtype)
         if self.explicit_pattern:
             y = self._attend_explicitly(q, k, v, mask=mask, is_causal=is_causal)
         else:
-            # One query on the CPU (a decode step): PyTorch's CPU attention kernel runs 3-5x slower in
-            # bfloat16 than in float32 at T = 1 (bench/gguf_bench.py's notes), so q, k, v are upcast for it.
-            dtype = q.dtype
-            upcast = T == 1 and q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
-            if upcast:
-                q, k, v = q.float(), k.float(), v.float()
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -230,8 +233,8 @@ class CausalSelfAttention(nn.Module):
                 is_causal=is_causal,
                 enable_gqa=self.n_kv_head != self.n_head,
             )  # (B, nh, T, hd)
-            if upcast:
-                y = y.to(dtype)
+        if upcast:
+            y = y.to(dtype)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -267,7 +270,7 @@ class MLP(nn.Module):
         # swiglu: gate and value projections fused in one matmul of width 2 * hidden
         self.c_fc = nn.Linear(n_embd, hidden * (2 if activation == "swiglu" else 1), bias=bias)
         self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
@@ -283,8 +286,33 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(h))
 
 
+def dropout_layer(p: float) -> nn.Module:
+    """`nn.Dropout(p)`, or an `nn.Identity` when p is 0: a dropout module costs a few microseconds per
+    call even when it does nothing, and a one-token decoding step makes about two per layer."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` (same parameters, same values), with a faster path for CPU inference.
+
+    RMSNorm(x) is the first half of LayerNorm([x, -x]) (no bias): the mirrored copy makes the mean
+    exactly 0, so LayerNorm's variance is the mean square of x. PyTorch's CPU LayerNorm is one fused
+    kernel while its RMSNorm is a chain of small ops (about 3-7 us against 15 us at width 576), and a
+    decoding step of a 30-layer Llama runs 61 of them. Training and other devices use `nn.RMSNorm` as is.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            return super().forward(x)
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        C = x.size(-1)
+        weight = None if self.weight is None else self.weight.expand(2, C)
+        mirrored = torch.stack((x, -x), dim=-2)  # (..., 2, C)
+        return F.layer_norm(mirrored, (2, C), weight, None, eps)[..., 0, :].contiguous()  # a copy if T > 1
+
+
 def make_norm(kind: str, n_embd: int, *, bias: bool, eps: float) -> nn.Module:
     """LayerNorm (with or without bias) or RMSNorm (never has a bias)."""
     if kind == "layernorm":
         return nn.LayerNorm(n_embd, eps=eps, bias=bias)
-    return nn.RMSNorm(n_embd, eps=eps)
+    return RMSNorm(n_embd, eps=eps)
