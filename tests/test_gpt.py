@@ -198,7 +198,7 @@ def test_corrupt_or_missing_checkpoint_names_the_file(tmp_path):
     [
         {"n_embd": 65},  # not divisible by n_head=4
         {"n_kv_head": 3},  # does not divide n_head
-        {"pos_encoding": "alibi"},
+        {"pos_encoding": "relative"},  # not one of learned, sinusoidal, rope, alibi
         {"mlp": "geglu"},
         {"dropout": 1.0},
         {"vocab_size": 0},
