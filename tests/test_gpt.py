@@ -97,7 +97,7 @@ def test_every_option_combination_trains(pos, norm, placement, mlp, n_kv_head, t
     assert (model.lm_head.weight is model.transformer.wte.weight) == tie
 
 
-@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "alibi"])
 @pytest.mark.parametrize("n_kv_head", [4, 1])
 def test_kv_cache_decode_equals_full_recompute(pos, n_kv_head):
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_kv_cache_decode_equals_full_recompute(pos, n_kv_head):
         model(idx[:, :1], kv_cache=cache)
 
 
-@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "alibi"])
 def test_left_padded_batch_decodes_like_each_prompt_alone(pos):
     """Prompts of lengths 7, 3 and 5 left-padded to 7, prefilled together, then 5 greedy steps: every
     row's logits at every step equal a full recompute of that row alone (the pad id 0 must not matter)."""
@@ -198,7 +198,7 @@ def test_corrupt_or_missing_checkpoint_names_the_file(tmp_path):
     [
         {"n_embd": 65},  # not divisible by n_head=4
         {"n_kv_head": 3},  # does not divide n_head
-        {"pos_encoding": "alibi"},
+        {"pos_encoding": "relative"},  # not one of learned, sinusoidal, rope, alibi
         {"mlp": "geglu"},
         {"dropout": 1.0},
         {"vocab_size": 0},
@@ -317,3 +317,37 @@ def test_dropout_modules_only_where_there_is_dropout():
     dropped = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=16, dropout=0.5))
     assert sum(isinstance(m, torch.nn.Dropout) for m in dropped.modules()) == 3  # embeddings, attention, MLP
     assert plain.state_dict().keys() == dropped.state_dict().keys()
+
+
+@pytest.mark.parametrize("n_head", [4, 6, 1])
+def test_alibi_slopes_equal_bloom(n_head):
+    """Our slopes against transformers' BLOOM (`build_alibi_tensor`: slope[h] * key position, so its
+    entry at key 1 is the slope), including a head count that is not a power of two."""
+    build_alibi_tensor = pytest.importorskip("transformers.models.bloom.modeling_bloom").build_alibi_tensor
+    from lmforge.models.layers import alibi_slopes
+
+    bloom = build_alibi_tensor(torch.ones(1, 3), n_head, torch.float32)  # (n_head, 1, 3)
+    torch.testing.assert_close(alibi_slopes(n_head), bloom[:, 0, 1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["sdpa", "explicit"])
+def test_alibi_attention_is_softmax_of_scores_minus_slope_times_distance(explicit):
+    """One head (slope 2^-8 = 1/256 for n_head = 1), q = k = 0 by zero weights, so the scores are the
+    ALiBi penalty alone: query 2 weighs keys 0, 1, 2 as softmax(-2/256, -1/256, 0); the output is that
+    mix of the values (the rows of v = x, with c_attn's value block and c_proj set to identities)."""
+    from lmforge.models.layers import CausalSelfAttention, alibi_slopes
+
+    attn = CausalSelfAttention(n_embd=2, n_head=1, n_kv_head=1, bias=False, dropout=0.0, layer=0)
+    attn.explicit_pattern = explicit
+    with torch.no_grad():
+        attn.c_attn.weight.zero_()
+        attn.c_attn.weight[4:6] = torch.eye(2)  # v = x
+        attn.c_proj.weight.copy_(torch.eye(2))
+        x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
+        y = attn(x, alibi=alibi_slopes(1))
+    e = [math.exp(-2 / 256), math.exp(-1 / 256), 1.0]
+    expected_2 = torch.tensor([e[0], e[1]]) / sum(e)  # query 2: value rows 0 and 1 weighted, row 2 is 0
+    expected_1 = torch.tensor([e[1], e[2]]) / (e[1] + e[2])  # query 1: keys 0 and 1
+    torch.testing.assert_close(y[0, 2], expected_2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[0, 1], expected_1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[0, 0], torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)

@@ -17,6 +17,7 @@ GREEDY = SamplingParams(temperature=0)
 POSITIONS = [
     dict(pos_encoding="learned"),
     dict(pos_encoding="sinusoidal"),
+    dict(pos_encoding="alibi"),
     dict(
         pos_encoding="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu", bias=False
     ),  # GQA: 4 heads, 1 kv head

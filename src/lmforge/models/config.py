@@ -31,7 +31,7 @@ class GPTConfig:
     n_inner: int | None = None  # MLP hidden width; None: 4 * n_embd (swiglu: 8/3 * n_embd rounded up to 64)
     dropout: float = 0.0  # on embeddings, attention weights and residual branches (training only)
     bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: yes; many newer models: no)
-    pos_encoding: str = "learned"  # "learned" (GPT-2) | "sinusoidal" (fixed, added) | "rope" (rotary)
+    pos_encoding: str = "learned"  # "learned" (GPT-2) | "sinusoidal" (added) | "rope" (rotary) | "alibi"
     rope_theta: float = 10000.0  # base of the rotary frequencies (only for pos_encoding="rope")
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5  # epsilon inside the norms (GPT-2: 1e-5)
@@ -88,7 +88,7 @@ class GPTConfig:
         )
         check(0.0 <= self.dropout < 1.0, "GPTConfig.dropout", self.dropout, "use a number in [0, 1)")
         choices = {
-            "pos_encoding": ("learned", "sinusoidal", "rope"),
+            "pos_encoding": ("learned", "sinusoidal", "rope", "alibi"),
             "norm": ("layernorm", "rmsnorm"),
             "norm_placement": ("pre", "post"),
             "mlp": ("gelu", "swiglu", "relu2"),

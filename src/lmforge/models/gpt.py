@@ -50,6 +50,7 @@ from lmforge.models.layers import (
     MLP,
     CausalSelfAttention,
     KVCache,
+    alibi_slopes,
     dropout_layer,
     make_norm,
     rope_tables,
@@ -124,6 +125,8 @@ class GPT(nn.Module):
         elif config.pos_encoding == "sinusoidal":  # fixed tables are buffers, not saved in checkpoints
             table = sinusoidal_table(config.block_size, config.n_embd)  # (block_size, C)
             self.register_buffer("pos_table", table, persistent=False)
+        elif config.pos_encoding == "alibi":  # a distance penalty in every attention layer, no table
+            self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)  # (nh,)
         else:
             cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd/2)
@@ -189,11 +192,13 @@ class GPT(nn.Module):
             mask = kv_cache.attention_mask(T)
 
         x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
+        rope, alibi = None, None
         if self.config.pos_encoding == "learned":
             x = x + self.transformer.wpe.weight[positions]  # (T, C) broadcast, or (B, T, C)
         elif self.config.pos_encoding == "sinusoidal":
             x = x + self.pos_table[positions]
+        elif self.config.pos_encoding == "alibi":
+            alibi = self.alibi_slopes
         else:
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (T, hd/2) or (B, T, hd/2)
             if cos.dim() == 3:
@@ -201,7 +206,7 @@ class GPT(nn.Module):
             rope = (cos, sin)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope=rope, kv_cache=kv_cache, mask=mask)
+            x = block(x, rope=rope, alibi=alibi, kv_cache=kv_cache, mask=mask)
         if kv_cache is not None:
             kv_cache.length += T
         return self.transformer.ln_f(x)

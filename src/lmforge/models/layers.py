@@ -1,18 +1,20 @@
 """Building blocks of transformers: attention with a KV cache, MLPs, norms, positions.
 
 What is here: `CausalSelfAttention` (fused q/k/v projection, grouped-query attention, rotary
-embeddings, `F.scaled_dot_product_attention`; `causal=False` with a padding mask serves encoders such
-as BERT and the ViT), `KVCache` (preallocated keys/values of every layer for one-token-at-a-time
-decoding, with left padding for batches of prompts of different lengths), `MLP` (gelu / gelu_exact /
-swiglu / relu2), `make_norm` (LayerNorm / `RMSNorm`), `dropout_layer` and the position tables
-(`sinusoidal_table`, `rope_tables`, `apply_rope`).
+embeddings or ALiBi distance penalties, `F.scaled_dot_product_attention`; `causal=False` with a
+padding mask serves encoders such as BERT and the ViT), `KVCache` (preallocated keys/values of every
+layer for one-token-at-a-time decoding, with left padding for batches of prompts of different
+lengths), `MLP` (gelu / gelu_exact / swiglu / relu2), `make_norm` (LayerNorm / `RMSNorm`),
+`dropout_layer` and the positions (`sinusoidal_table`, `rope_tables`, `apply_rope`, `alibi_slopes`,
+`alibi_bias`).
 
 Deliberately not here: the models themselves (`gpt.py`, `bert.py`), sampling and the generation loop
 (`lmforge.inference`), parallelism, compilation or quantization (applied from outside).
 
 References: Vaswani et al. 2017 (sinusoidal positions); Su et al. 2021, RoFormer (rotary embeddings,
-here in the "rotate half" layout of GPT-NeoX/Llama); Ainslie et al. 2023, GQA; Shazeer 2020, GLU
-variants (SwiGLU); So et al. 2021, Primer (squared ReLU); Zhang & Sennrich 2019 (RMSNorm).
+here in the "rotate half" layout of GPT-NeoX/Llama); Press et al. 2022, "Train Short, Test Long"
+(ALiBi); Ainslie et al. 2023, GQA; Shazeer 2020, GLU variants (SwiGLU); So et al. 2021, Primer
+(squared ReLU); Zhang & Sennrich 2019 (RMSNorm).
 """
 
 from __future__ import annotations
@@ -58,6 +60,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """(n_head,) ALiBi slopes (Press et al. 2022): head h adds -slope[h] * (query position - key position)
+    to its attention scores, a penalty linear in distance, with no learned parameters.
+
+    For n a power of two the slopes are r, r^2, .., r^n with r = 2^(-8/n); otherwise those of the next
+    lower power of two m, then the odd powers r'^1, r'^3, .. of r' = 2^(-4/m) for the n - m others (the
+    rule of the paper's code and of BLOOM). Example: n = 4 gives 1/4, 1/16, 1/64, 1/256; n = 6 gives
+    those four, then 1/2 and 1/8.
+    """
+    m = 2 ** math.floor(math.log2(n_head))
+    slopes = [2.0 ** (-8.0 * (i + 1) / m) for i in range(m)]
+    slopes += [2.0 ** (-4.0 * (2 * i + 1) / m) for i in range(n_head - m)]
+    return torch.tensor(slopes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,9 +215,13 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         *,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        alibi: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `rope`: cos/sin tables to rotate q and k; `alibi`: (n_head,) slopes
+        of a distance penalty added to the scores (`alibi_slopes`); `mask`: boolean, True where a query
+        may see a key (None: causal, or everything in an encoder)."""
         B, T, C = x.shape
         hd = self.head_dim
         heads = self.c_attn(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
@@ -210,6 +231,8 @@ class CausalSelfAttention(nn.Module):
         q, k = qk.split([self.n_head, self.n_kv_head], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, S, hd) with S = filled + T
+        if alibi is not None:  # the penalty and the mask become one additive float mask
+            mask = alibi_bias(alibi, T, k.size(2), mask, causal=self.causal)  # (B or 1, nh, T, S)
         is_causal = self.causal and mask is None and T > 1 and k.size(2) == T
         # One query on the CPU (a decode step) in half precision: PyTorch's CPU attention kernel runs 3-5x
         # slower in bfloat16 than in float32 at T = 1 (bench/gguf_bench.py's notes), so it runs in float32.
@@ -228,7 +251,7 @@ class CausalSelfAttention(nn.Module):
                 q,
                 k,
                 v,
-                attn_mask=mask,
+                attn_mask=mask if mask is None or mask.dtype == torch.bool else mask.to(q.dtype),
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=is_causal,
                 enable_gqa=self.n_kv_head != self.n_head,
@@ -249,11 +272,33 @@ class CausalSelfAttention(nn.Module):
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, S)
         if is_causal:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        if mask is not None:
+        if mask is not None and mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:  # additive (ALiBi)
+            scores = scores + mask.to(scores.dtype)
         weights = self.pattern(scores.softmax(dim=-1))  # (B, nh, T, S), rows sum to 1
         weights = F.dropout(weights, p=self.dropout, training=self.training)
         return weights @ v  # (B, nh, T, hd)
+
+
+def alibi_bias(
+    slopes: torch.Tensor, T: int, S: int, mask: torch.Tensor | None, *, causal: bool
+) -> torch.Tensor:
+    """The additive mask of T queries (the last T of S key slots) over S keys: -slope * (q - s) where
+    the key may be seen, -inf elsewhere. (B or 1, nh, T, S), float32.
+
+    Distances are between cache slots: left padding shifts a row's query and key slots alike, so they
+    are the distances between positions. The seen keys are `mask` (boolean, (B or 1, 1, T, S)) if given,
+    else s <= q when causal, else all.
+    """
+    q_slots = torch.arange(S - T, S, device=slopes.device)[:, None]  # (T, 1)
+    k_slots = torch.arange(S, device=slopes.device)[None, :]  # (1, S)
+    bias = -slopes.float()[:, None, None] * (q_slots - k_slots)  # (nh, T, S)
+    if mask is None:
+        mask = (k_slots <= q_slots if causal else torch.ones(T, S, dtype=torch.bool, device=slopes.device))[
+            None, None
+        ]
+    return torch.where(mask, bias, float("-inf"))
 
 
 # ---------------------------------------------------------------------------------------------------

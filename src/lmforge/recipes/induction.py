@@ -6,8 +6,8 @@ The recipe (`run_recipe`, driven by `lmforge recipe induction`):
    `min_span` .. seq_len // 2, at a random place) is copied once further along. Only the copy is
    predictable, and only by finding the earlier occurrence of the current token and reading the token
    after it. Span lengths and places vary so that no fixed positional offset solves the task.
-2. Models. Attention-only GPTs (`GPTConfig.attn_only`), identical except for the number of layers
-   (`layers`, default 1 and 2), trained on the same batches with lmforge's trainer.
+2. Models. Attention-only GPTs (`GPTConfig.attn_only`) with ALiBi positions, identical except for the
+   number of layers (`layers`, default 1 and 2), trained on the same batches with lmforge's trainer.
 3. Test. `lmforge.interpret.induction` on repeated random sequences (N tokens, then the same N again):
    each head's induction score, the in-context loss drop on the repeat, and the last layer's strongest
    fixed-distance look-back (the largest mean weight on one key t - d, d >= 2, and where: t - N + shift).
@@ -15,11 +15,15 @@ The recipe (`run_recipe`, driven by `lmforge recipe induction`):
 Why one layer is not enough (Elhage et al. 2021): an induction head's query (current token) must match
 a key that holds "the token before me", which exists only after an earlier head has moved the previous
 token into the stream (K-composition). A single layer's keys see token and position only, so the best
-it can do is a positional guess or favouring tokens already seen. In this recipe the two-layer model's
-loss on the repeat does fall far below the one-layer model's, but the standard per-head score does not
-follow: its layer-0 heads copy the token 7 or 8 back instead of the previous one, so its induction
-heads attend to t - N + 7 or 8 rather than t - N + 1, which the look-back column shows (docs/interpret.md,
-"Why: the two-layer models learn a shifted induction circuit").
+it can do is a positional guess or favouring tokens already seen.
+
+Why ALiBi: with rotary positions the two-layer models learned the repeat just as well but built a
+shifted circuit (layer-0 heads copying the token 7 or 8 back, layer-1 heads attending to t - N + 7), so
+the standard score, which reads only t - N + 1, stayed below the one-layer model's; with learned
+positions they learned little in the same budget. ALiBi's penalty is monotone in distance, so it has no
+far offset that looks like a near one, and its steepest head (slope 1/4) already averages the last few
+tokens, most weight on the nearest: layer 1 builds its induction heads on that, at t - N + 1
+(docs/interpret.md, "Induction heads").
 
 Deliberately not here: the analysis itself (`lmforge.interpret.induction`), natural-text training.
 """
@@ -48,7 +52,7 @@ class InductionConfig:
     min_span: int = 4  # shortest copied span
     n_head: int = 4  # heads per layer
     n_embd: int = 64  # residual stream width
-    pos_encoding: str = "rope"  # "rope" | "learned" | "sinusoidal" (GPTConfig.pos_encoding)
+    pos_encoding: str = "alibi"  # "alibi" | "rope" | "learned" | "sinusoidal" (GPTConfig.pos_encoding)
     test_half: int = 14  # N of the repeated-random test (2N tokens, at most seq_len)
     test_rows: int = 64  # sequences in the test
 
