@@ -101,3 +101,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_dataset):
     overrides = [*TINY_TRAIN, f"data.dir={tiny_dataset}", f"train.out_dir={run}", "train.max_iters=2"]
     train_from_config(load_config(None, overrides=overrides))
     return run
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`lmforge ARGV...` in this process: (exit code, stdout, stderr)."""
+    from lmforge.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.cli import main
+from conftest import run_cli
 from lmforge.errors import ConfigError
 from lmforge.interpret.induction import induction_report, repeated_random_tokens
 from lmforge.models import GPT, GPTConfig
@@ -35,14 +35,8 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "attention",
@@ -55,7 +49,7 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
     )
     assert code == 0 and out.splitlines()[0].split() == ["layer", "head", "entropy", "prev-tok", "first-tok"]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["layer0.png", "layer1.png"]
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "lens",
@@ -74,7 +68,7 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
     assert (
         len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 3
     )  # embeddings + 2 layers
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "trace",
@@ -92,7 +86,7 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
         str(tmp_path / "t.png"),
     )
     assert code == 0 and "clean" in out and (tmp_path / "t.png").exists()
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "interpret", "induction", "--ckpt", str(checkpoint), "--half", "8", "--rows", "4"
     )
     assert code == 0 and "layer  1:" in out and "drop" in out
@@ -100,7 +94,9 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
     assert [line.count("@ t-N") for line in look_back] == [2, 2]
     bare = tmp_path / "no-tokenizer"  # the recipe's checkpoints: random ids, no tokenizer; enough here
     GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, n_embd=8, block_size=16)).save_checkpoint(bare, meta={})
-    code, out, _ = run(capsys, "interpret", "induction", "--ckpt", str(bare), "--half", "4", "--rows", "2")
+    code, out, _ = run_cli(
+        capsys, "interpret", "induction", "--ckpt", str(bare), "--half", "4", "--rows", "2"
+    )
     assert code == 0 and "layer  0:" in out and "layer  1:" not in out
 
 
@@ -117,7 +113,7 @@ def test_cli_attention_lens_trace_induction(checkpoint, capsys, tmp_path):
     ],
 )
 def test_cli_errors_are_one_line(checkpoint, capsys, argv, message):
-    code, _, err = run(capsys, "interpret", argv[0], "--ckpt", str(checkpoint), *argv[1:])
+    code, _, err = run_cli(capsys, "interpret", argv[0], "--ckpt", str(checkpoint), *argv[1:])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import run_cli
 from lmforge.cli import main
 from lmforge.models import GPT, GPTConfig
 from lmforge.tokenizers import BPETokenizer
@@ -22,15 +23,9 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_probe_sae_and_superposition_commands(checkpoint, capsys, tmp_path):
     ckpt = ["--ckpt", str(checkpoint)]
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "probe",
@@ -50,7 +45,7 @@ def test_probe_sae_and_superposition_commands(checkpoint, capsys, tmp_path):
 
     text = ["--corpus", "wiki-leads", "--windows", "20", "--length", "16"]
     sae_dir = tmp_path / "sae"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "sae",
@@ -71,7 +66,7 @@ def test_probe_sae_and_superposition_commands(checkpoint, capsys, tmp_path):
     assert code == 0 and "explained variance" in out and "recovered" in out
     description = json.loads((sae_dir / "sae.json").read_text())
     assert description["point"] == "blocks.1.resid_post" and description["n_features"] == 32
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "sae",
@@ -87,7 +82,7 @@ def test_probe_sae_and_superposition_commands(checkpoint, capsys, tmp_path):
     )
     assert code == 0 and out.startswith("feature 3 (active on") and out.count("[") >= 2
 
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "interpret",
         "superposition",
