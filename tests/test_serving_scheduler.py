@@ -176,3 +176,34 @@ def test_flush_follows_each_burst_of_emits():
     log.clear()
     scheduler.step()  # the last token of each row: both finish
     assert log == ["emit", "emit", "flush"] and scheduler.cache is None
+
+
+def test_a_bfloat16_model_is_served_from_float32_caches(monkeypatch):
+    """As in `Engine`, a bf16 model on the CPU caches keys and values in float32 (its one-token steps
+    attend in float32); prefill caches and the regrouped shared cache alike. A request alone gets the
+    engine's tokens, and a busy batch still runs every request to its length."""
+    model = tiny_gpt(pos_encoding="rope").to(torch.bfloat16)
+    dtypes = []
+    new_kv_cache = model.new_kv_cache
+
+    def spy(*args, **kwargs):
+        cache = new_kv_cache(*args, **kwargs)
+        dtypes.append(cache.k.dtype)
+        return cache
+
+    monkeypatch.setattr(model, "new_kv_cache", spy)
+    prompt = [5, 17, 3, 40, 2]
+    expected = single(model, prompt, max_tokens=12)
+    scheduler = Scheduler(model, max_batch=3, max_waiting=10)
+    request, events = collecting_request(prompt, max_tokens=12)
+    scheduler.submit(request)
+    while scheduler.running or scheduler.waiting:
+        scheduler.step()
+    assert tokens(events) == expected
+    busy = [collecting_request(list(range(1 + i, 6 + 2 * i)), max_tokens=6 + i) for i in range(3)]
+    for request, _ in busy:
+        scheduler.submit(request)
+    while scheduler.running or scheduler.waiting:
+        scheduler.step()
+    assert [len(tokens(e)) for _, e in busy] == [6, 7, 8]
+    assert len(dtypes) > 3 and set(dtypes) == {torch.float32}

@@ -147,12 +147,8 @@ class Engine:
                 counts = torch.zeros(B, self.vocab_size, device=device)
 
             total = max(map(len, history)) + max_new_tokens
-            # half-precision weights on a CPU: float32 keys/values, because each one-token step attends in
-            # float32 (layers.py) and would otherwise upcast the whole cache of every layer at every step
-            weight_dtype = self.model.lm_head.weight.dtype
-            half = device.type == "cpu" and weight_dtype in (torch.bfloat16, torch.float16)
             cache = self.model.new_kv_cache(
-                B, max_length=min(total, self.block_size), dtype=torch.float32 if half else weight_dtype
+                B, max_length=min(total, self.block_size), dtype=cache_dtype(self.model)
             )
             logits = self._prefill(history, cache)  # (B, V)
             finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -224,6 +220,16 @@ class Engine:
         """One decoding step: ids (B, 1) -> logits (B, V) of the next token."""
         logits, _ = self.model(ids, kv_cache=cache)  # (B, 1, V)
         return logits[:, -1]
+
+
+def cache_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype to cache keys and values in when generating with `model`: its weights', except float32
+    for a bfloat16 or float16 model on a CPU. Its one-token steps attend in float32 (`layers.py`), and a
+    half-precision cache would be upcast whole, every layer, at every step."""
+    weight = model.lm_head.weight
+    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return weight.dtype
 
 
 @contextmanager

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.inference.engine import cache_dtype
 from lmforge.inference.sampling import SamplingParams, sample_next
 from lmforge.models.layers import KVCache
 
@@ -222,7 +223,7 @@ class Scheduler:
             request.seen[0, request.prompt] = True
         if request.params.frequency_penalty != 0.0 or request.presence_penalty != 0.0:
             request.counts = torch.zeros(1, self.vocab_size, device=self.device)
-        cache = self.model.new_kv_cache(1, max_length=len(request.prompt))
+        cache = self.model.new_kv_cache(1, max_length=len(request.prompt), dtype=cache_dtype(self.model))
         idx = torch.tensor([request.prompt], device=self.device)  # (1, P)
         logits, _ = self.model(idx, kv_cache=cache, last_only=True)  # (1, 1, V)
         request.cached = len(request.prompt)
@@ -317,13 +318,13 @@ def regroup(
 
     The real slots of a row are the last `real` filled slots of its source. They are copied to slots
     [L - real, L) of row i, L = the longest real length, and row i gets left padding L - real. The new
-    cache has room for `remaining[i]` more tokens in every row (at most the model's context).
-    Example: rows of 3 and 5 real slots -> L = 5, left padding [2, 0].
+    cache has room for `remaining[i]` more tokens in every row (at most the model's context), in the
+    dtype of the sources (`cache_dtype`). Example: rows of 3 and 5 real slots -> L = 5, left padding [2, 0].
     """
     L = max(real for _, _, real in rows)
     capacity = min(model.config.block_size, L + max(remaining))
     pads = [L - real for _, _, real in rows]
-    cache = model.new_kv_cache(len(rows), max_length=capacity, left_padding=pads)
+    cache = model.new_kv_cache(len(rows), max_length=capacity, left_padding=pads, dtype=rows[0][0].k.dtype)
     for i, (source, b, real) in enumerate(rows):
         end = source.length
         cache.k[:, i, :, L - real : L] = source.k[:, b, :, end - real : end]  # (n_layer, nkv, real, hd)
