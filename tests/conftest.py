@@ -110,3 +110,17 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def record_cache_dtypes(monkeypatch: pytest.MonkeyPatch, model) -> list:
+    """Spy on `model.new_kv_cache`: the returned list fills with the dtype of every cache it makes."""
+    dtypes = []
+    new_kv_cache = model.new_kv_cache
+
+    def spy(*args, **kwargs):
+        cache = new_kv_cache(*args, **kwargs)
+        dtypes.append(cache.k.dtype)
+        return cache
+
+    monkeypatch.setattr(model, "new_kv_cache", spy)
+    return dtypes

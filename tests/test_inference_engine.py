@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import record_cache_dtypes
 from lmforge.errors import ConfigError
 from lmforge.inference import Engine, SamplingParams
 from lmforge.models import GPT, GPTConfig
@@ -210,15 +211,7 @@ def test_half_precision_model_keeps_a_float32_cache_on_the_cpu(arch, monkeypatch
     recomputation without cache, each step within bf16 rounding, and a sliding-window re-prefill (T > 1
     reading the float32 cache back in bf16) must work."""
     model = tiny_gpt(seed=7, **arch).to(torch.bfloat16)
-    dtypes = []
-    new_kv_cache = model.new_kv_cache
-
-    def spy(*args, **kwargs):
-        cache = new_kv_cache(*args, **kwargs)
-        dtypes.append(cache.k.dtype)
-        return cache
-
-    monkeypatch.setattr(model, "new_kv_cache", spy)
+    dtypes = record_cache_dtypes(monkeypatch, model)
     prompt = [3, 14, 15, 9, 2, 6]
     _, expected_logits = recompute_greedy(model, prompt, 12)
     errors = {}

@@ -189,22 +189,26 @@ def test_span_copy_batches_copy_one_span_and_are_pure_functions_of_the_step():
         InductionConfig(seq_len=16, test_half=10)
 
 
+def quiet_train(out_dir, **overrides) -> TrainSection:
+    """The recipe's [train] for a test: fp32, no evaluation, checkpoints, progress bar or TensorBoard."""
+    return TrainSection(
+        out_dir=str(out_dir),
+        eval_interval=0,
+        checkpoint=False,
+        progress=False,
+        tensorboard=False,
+        precision="fp32",
+        **overrides,
+    )
+
+
 def test_recipe_runs_and_writes_results(tmp_path):
     config = RecipeConfig(
         induction=InductionConfig(
             layers=[1, 2], vocab_size=16, seq_len=16, test_half=6, test_rows=4, n_embd=16
         ),
         optim=OptimSection(warmup_iters=1),
-        train=TrainSection(
-            out_dir=str(tmp_path),
-            max_iters=3,
-            batch_size=4,
-            eval_interval=0,
-            checkpoint=False,
-            progress=False,
-            tensorboard=False,
-            precision="fp32",
-        ),
+        train=quiet_train(tmp_path, max_iters=3, batch_size=4),
     )
     results = run_recipe(config, log=lambda _: None)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -240,17 +244,7 @@ def test_recipe_finds_induction_heads_in_two_layers_only(tmp_path):
     config = RecipeConfig(
         induction=InductionConfig(test_rows=32),
         optim=OptimSection(lr=3e-3, min_lr=3e-3, warmup_iters=50, weight_decay=0.0, grad_clip=1.0),
-        train=TrainSection(
-            out_dir=str(tmp_path),
-            max_iters=900,
-            batch_size=64,
-            eval_interval=0,
-            checkpoint=False,
-            progress=False,
-            tensorboard=False,
-            precision="fp32",
-            seed=1337,
-        ),
+        train=quiet_train(tmp_path, max_iters=900, batch_size=64, seed=1337),
     )
     models = run_recipe(config, log=lambda _: None)["models"]
     one, two = models["1"], models["2"]

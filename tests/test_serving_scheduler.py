@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import record_cache_dtypes
 from lmforge.errors import ConfigError
 from lmforge.inference import Engine, SamplingParams
 from lmforge.models import GPT, GPTConfig
@@ -183,15 +184,7 @@ def test_a_bfloat16_model_is_served_from_float32_caches(monkeypatch):
     attend in float32); prefill caches and the regrouped shared cache alike. A request alone gets the
     engine's tokens, and a busy batch still runs every request to its length."""
     model = tiny_gpt(pos_encoding="rope").to(torch.bfloat16)
-    dtypes = []
-    new_kv_cache = model.new_kv_cache
-
-    def spy(*args, **kwargs):
-        cache = new_kv_cache(*args, **kwargs)
-        dtypes.append(cache.k.dtype)
-        return cache
-
-    monkeypatch.setattr(model, "new_kv_cache", spy)
+    dtypes = record_cache_dtypes(monkeypatch, model)
     prompt = [5, 17, 3, 40, 2]
     expected = single(model, prompt, max_tokens=12)
     scheduler = Scheduler(model, max_batch=3, max_waiting=10)
