@@ -77,6 +77,26 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     return torch.tensor(slopes)
 
 
+def alibi_bias(
+    slopes: torch.Tensor, T: int, S: int, mask: torch.Tensor | None, *, causal: bool
+) -> torch.Tensor:
+    """The additive mask of T queries (the last T of S key slots) over S keys: -slope * (q - s) where
+    the key may be seen, -inf elsewhere. (B or 1, nh, T, S), float32.
+
+    Distances are between cache slots: left padding shifts a row's query and key slots alike, so they
+    are the distances between positions. The seen keys are `mask` (boolean, (B or 1, 1, T, S)) if given,
+    else s <= q when causal, else all.
+    """
+    q_slots = torch.arange(S - T, S, device=slopes.device)[:, None]  # (T, 1)
+    k_slots = torch.arange(S, device=slopes.device)[None, :]  # (1, S)
+    bias = -slopes.float()[:, None, None] * (q_slots - k_slots)  # (nh, T, S)
+    if mask is None:
+        mask = (k_slots <= q_slots if causal else torch.ones(T, S, dtype=torch.bool, device=slopes.device))[
+            None, None
+        ]
+    return torch.where(mask, bias, float("-inf"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # KV cache
 
@@ -281,26 +301,6 @@ class CausalSelfAttention(nn.Module):
         return weights @ v  # (B, nh, T, hd)
 
 
-def alibi_bias(
-    slopes: torch.Tensor, T: int, S: int, mask: torch.Tensor | None, *, causal: bool
-) -> torch.Tensor:
-    """The additive mask of T queries (the last T of S key slots) over S keys: -slope * (q - s) where
-    the key may be seen, -inf elsewhere. (B or 1, nh, T, S), float32.
-
-    Distances are between cache slots: left padding shifts a row's query and key slots alike, so they
-    are the distances between positions. The seen keys are `mask` (boolean, (B or 1, 1, T, S)) if given,
-    else s <= q when causal, else all.
-    """
-    q_slots = torch.arange(S - T, S, device=slopes.device)[:, None]  # (T, 1)
-    k_slots = torch.arange(S, device=slopes.device)[None, :]  # (1, S)
-    bias = -slopes.float()[:, None, None] * (q_slots - k_slots)  # (nh, T, S)
-    if mask is None:
-        mask = (k_slots <= q_slots if causal else torch.ones(T, S, dtype=torch.bool, device=slopes.device))[
-            None, None
-        ]
-    return torch.where(mask, bias, float("-inf"))
-
-
 # ---------------------------------------------------------------------------------------------------
 # MLP and norms
 
@@ -342,7 +342,7 @@ class RMSNorm(nn.RMSNorm):
 
     RMSNorm(x) is the first half of LayerNorm([x, -x]) (no bias): the mirrored copy makes the mean
     exactly 0, so LayerNorm's variance is the mean square of x. PyTorch's CPU LayerNorm is one fused
-    kernel while its RMSNorm is a chain of small ops (about 3-7 us against 15 us at width 576), and a
+    kernel while its RMSNorm is a chain of small ops (6.7 us against 16.8 us at width 576), and a
     decoding step of a 30-layer Llama runs 61 of them. Training and other devices use `nn.RMSNorm` as is.
     """
 
