@@ -517,6 +517,7 @@ def run_training(
     (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0) continues from the newest checkpoint.
     """
     world = init_world(device=resolve_device(config.train.device), timeout_s=config.train.dist_timeout)
+    finished = False
     try:
         if world.world_size > 1 and getattr(batches, "world_size", 1) != world.world_size:
             raise ConfigError(
@@ -557,9 +558,11 @@ def run_training(
             barrier(world)  # the other ranks find the checkpoint rank 0 found, after its recovery
             if not world.is_main:
                 resume_from = _resume_point(trainer, resume)
-            return trainer, trainer.fit(resume_from=resume_from)
+            result = trainer.fit(resume_from=resume_from)
+            finished = True
+            return trainer, result
     finally:
-        close_world(world)
+        close_world(world, finished=finished)
 
 
 @contextlib.contextmanager
