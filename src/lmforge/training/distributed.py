@@ -132,9 +132,7 @@ def drain_collectives(world: World) -> None:
     (SIGABRT after a finished run: 3 of 52 repeats of the distributed tests' torchrun job, 0 of 60
     with this drain). Sleeping hands the GIL to those threads.
     """
-    if world.backend is None:
-        return
-    dist.barrier()
+    barrier(world)
     if world.backend == "gloo":
         time.sleep(0.1)
 
